@@ -1,0 +1,50 @@
+"""The PUB/SUB bus: one PUB bound here, one SUB connected to every peer's PUB.
+
+PUB/SUB drops by design (slow joiners, the high-water mark, partitions), so
+nothing here retries: a loss shows up as a sequence gap or a digest mismatch
+and repair fills it in.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+BUS_HWM = 100_000  # a burst of merges should queue, not silently vanish at the default 1000
+
+
+class Bus:
+    def __init__(self, ctx: zmq.Context, bind: str) -> None:
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.linger = 0
+        self.pub.sndhwm = BUS_HWM
+        self.pub.bind(f"tcp://{bind}:0")
+        self.endpoint = self.pub.last_endpoint.decode()
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.rcvhwm = BUS_HWM
+        self.sub.subscribe(b"")
+        self._connected: set[str] = set()
+
+    def publish(self, frame: bytes) -> bool:
+        try:
+            self.pub.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def follow(self, endpoint: str) -> None:
+        if endpoint not in self._connected:
+            self.sub.connect(endpoint)
+            self._connected.add(endpoint)
+
+    def unfollow(self, endpoint: str) -> None:
+        if endpoint in self._connected:
+            self._connected.discard(endpoint)
+            try:
+                self.sub.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.sub.close(linger=0)

@@ -1,0 +1,102 @@
+"""The small client that the web process and the CLI use to talk to their daemon over ipc.
+
+It is the only door into a daemon from outside: it speaks the control
+protocol of ``daemon.control`` in the wire format of ``daemon.wire`` and
+imports nothing else of the daemon.  Each thread gets its own DEALER socket
+(ZeroMQ sockets are not thread-safe); a request that times out closes its
+socket and the next request opens a fresh one (the Lazy Pirate pattern), so
+a daemon that restarts is picked up again by itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from daemon import wire
+
+DEFAULT_TIMEOUT_MS = 1000
+
+
+class DaemonUnavailable(ConnectionError):
+    """The daemon did not answer in time, or there is no socket to talk to."""
+
+
+class DaemonError(RuntimeError):
+    """The daemon answered with an error (for example "taken")."""
+
+
+class DaemonClient:
+    def __init__(self, ipc_path: str, cookie: bytes, name: str = "client",
+                 timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        self.ipc_path = ipc_path
+        self.timeout_ms = timeout_ms
+        self._ctx = zmq.Context.instance()
+        self._codec = wire.Codec(cookie, name, os.getpid())
+        self._codec_lock = threading.Lock()
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+
+    def call(self, op: str, timeout_ms: int | None = None, **args: Any) -> Any:
+        """Send one request and wait for its reply; raise DaemonUnavailable or DaemonError."""
+        if not os.path.exists(self.ipc_path):
+            raise DaemonUnavailable(f"no daemon is running (no socket at {self.ipc_path})")
+        if not os.access(self.ipc_path, os.R_OK | os.W_OK):
+            raise DaemonUnavailable(f"no permission to use the daemon socket {self.ipc_path}")
+        req_id = next(self._ids)
+        with self._codec_lock:
+            frame = self._codec.encode("req", {"id": req_id, "op": op, "args": args})
+        sock = self._socket()
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self._reset()
+            raise DaemonUnavailable("the daemon is not accepting requests") from None
+        return self._await(sock, req_id, self.timeout_ms if timeout_ms is None else timeout_ms)
+
+    def _await(self, sock: zmq.Socket, req_id: int, timeout_ms: int) -> Any:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        deadline = _now_ms() + timeout_ms
+        while (left := deadline - _now_ms()) > 0:
+            if not poller.poll(left):
+                break
+            try:
+                env = self._codec.decode(sock.recv(zmq.NOBLOCK))
+            except (zmq.Again, wire.WireError):
+                continue
+            if env.type != "rep" or env.payload["id"] not in (req_id, 0):
+                continue  # a late answer to an earlier, timed-out request
+            if not env.payload["ok"]:
+                raise DaemonError(env.payload["error"])
+            return env.payload["result"]
+        self._reset()
+        raise DaemonUnavailable(f"the daemon did not answer within {timeout_ms} ms")
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.sndhwm = 100
+            sock.connect(f"ipc://{self.ipc_path}")
+            self._local.sock = sock
+        return sock
+
+    def _reset(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            sock.close(linger=0)
+            self._local.sock = None
+
+    def close(self) -> None:
+        self._reset()
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000

@@ -1,0 +1,201 @@
+"""Every setting of logonmesh, defined once.
+
+The daemon, the web process, the CLI and the test harness all build their
+settings here, so a flag, its environment variable and its default can never
+disagree between them.  Values are validated in one pass and a bad one is
+reported as a single line naming the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the NUL
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message is one line meant for a person."""
+
+
+def _node_name(raw: str) -> str:
+    if not NAME_RE.match(raw):
+        raise ValueError(f"must match [a-z0-9_-]{{1,32}}, got {raw!r}")
+    return raw
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be above 0, got {value}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 65535:
+        raise ValueError(f"must be a port number (1-65535), got {value}")
+    return value
+
+
+def _text(raw: str) -> str:
+    if not raw:
+        raise ValueError("must not be empty")
+    return raw
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: how it is spelled on the command line and in the environment."""
+
+    name: str
+    flag: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    scope: str = "shared"  # shared | daemon | web
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("name", "--name", "LOGONMESH_NODE", None, _node_name, "node name, [a-z0-9_-]{1,32}"),
+    Option("db", "--db", "LOGONMESH_DB", "var/cluster.db", _text, "the cluster database"),
+    Option("cookie", "--cookie", "LOGONMESH_COOKIE", None, _text,
+           "shared cluster secret; default: the file 'cookie' beside the database"),
+    Option("run_dir", "--run-dir", "LOGONMESH_RUN_DIR", "var/run", _text, "where the ipc sockets live"),
+    Option("bind", "--bind", "LOGONMESH_BIND", "127.0.0.1", _text, "interface for the tcp sockets"),
+    Option("heartbeat_ms", "--heartbeat-ms", "LOGONMESH_HEARTBEAT_MS", 1000, _positive_int,
+           "heartbeat period in milliseconds", "daemon"),
+    Option("down_after", "--down-after", "LOGONMESH_DOWN_AFTER", 3, _positive_int,
+           "missed heartbeats before a peer is down", "daemon"),
+    Option("discovery_ms", "--discovery-ms", "LOGONMESH_DISCOVERY_MS", 2000, _positive_int,
+           "how often the clusters table is read, in milliseconds", "daemon"),
+    Option("session_ttl_s", "--session-ttl", "LOGONMESH_SESSION_TTL", 86400, _positive_int,
+           "session lifetime in seconds", "daemon"),
+    Option("host", "--host", "LOGONMESH_HOST", "127.0.0.1", _text, "address the web process listens on", "web"),
+    Option("port", "--port", "LOGONMESH_PORT", None, _port,
+           "web port; default <NAME>_PORT, then PORT, then 4000", "web"),
+)
+
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings.  Paths are absolute so that children and tools agree."""
+
+    name: str | None = None
+    db: str = "var/cluster.db"
+    cookie: str | None = None
+    run_dir: str = "var/run"
+    bind: str = "127.0.0.1"
+    heartbeat_ms: int = 1000
+    down_after: int = 3
+    discovery_ms: int = 2000
+    session_ttl_s: int = 86400
+    host: str = "127.0.0.1"
+    port: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ipc_path(self) -> str:
+        return ipc_path(self.run_dir, self.require_name())
+
+    def require_name(self) -> str:
+        if not self.name:
+            raise ConfigError("--name / LOGONMESH_NODE is required")
+        return self.name
+
+    @property
+    def down_after_ms(self) -> int:
+        return self.heartbeat_ms * self.down_after
+
+    def web_port(self, environ: Mapping[str, str] | None = None) -> int:
+        """--port, else <NAME>_PORT, else PORT, else 4000 (honcho sets PORT for every process)."""
+        if self.port:
+            return self.port
+        env = os.environ if environ is None else environ
+        for var in (f"{self.require_name().upper()}_PORT", "PORT"):
+            if env.get(var):
+                try:
+                    return _port(env[var])
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: {exc}") from None
+        return 4000
+
+
+def ipc_path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, f"{name}.ipc")
+
+
+def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+         require_name: bool = False) -> Settings:
+    """Build Settings from command-line values (None when not given), then the environment, then defaults."""
+    cli = cli or {}
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = cli.get(opt.name)
+        source = opt.flag
+        if raw is None and env.get(opt.env):
+            raw, source = env[opt.env], opt.env
+        if raw is None:
+            values[opt.name] = opt.default
+            continue
+        try:
+            values[opt.name] = opt.parse(str(raw))
+        except ValueError as exc:
+            where = f"{opt.flag} / {opt.env}" if source == opt.flag else f"{opt.env} (or {opt.flag})"
+            raise ConfigError(f"{where}: {exc}") from None
+    values["db"] = os.path.abspath(values["db"])
+    values["run_dir"] = os.path.abspath(values["run_dir"])
+    settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
+    if require_name:
+        settings.require_name()
+        if len(settings.ipc_path.encode()) > IPC_PATH_MAX:
+            raise ConfigError(
+                f"--run-dir / LOGONMESH_RUN_DIR: the ipc path {settings.ipc_path} is "
+                f"{len(settings.ipc_path.encode())} bytes; Linux allows {IPC_PATH_MAX}. Use a shorter run dir.")
+    return settings
+
+
+def resolve_cookie(settings: Settings) -> bytes:
+    """The cluster secret: the setting, else the file 'cookie' beside the database, made on first use.
+
+    Like Erlang's cookie file, the file is created with random content and mode
+    0600 so that every process started from the same directory agrees on it.
+    """
+    if settings.cookie:
+        return settings.cookie.encode()
+    path = Path(settings.db).parent / "cookie"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Write a private temp file, then link it into place: link() fails if another
+        # process won the race, so nobody ever reads a half-written cookie.
+        tmp = path.with_name(f".cookie.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    value = path.read_text().strip()
+    if not value:
+        raise ConfigError(f"--cookie / LOGONMESH_COOKIE: the cookie file {path} is empty")
+    return value.encode()
+
+
+def ensure_run_dir(settings: Settings) -> None:
+    os.makedirs(settings.run_dir, mode=0o700, exist_ok=True)
+    os.chmod(settings.run_dir, 0o700)

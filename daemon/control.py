@@ -1,0 +1,212 @@
+"""The local control protocol: what the web process and the CLI may ask a daemon over ipc.
+
+Each request is a signed ``req`` envelope ``{id, op, args}``; each answer a
+``rep`` envelope ``{id, ok, result, error}``.  A frame that fails to decode,
+an unknown op or bad arguments get an error reply, never a crash.  Handlers
+run on the event loop, so they only touch memory; registration, the one op
+that writes to the database, hands its insert to the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+from daemon import wire
+from daemon.cache import user_entry
+
+if TYPE_CHECKING:
+    from daemon.node import Daemon
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[..., None]
+
+# op -> {arg: type}; every arg is required and no other is accepted.
+OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "ping": {},
+    "register": {"username": str, "password_hash": str},
+    "user": {"username": str},
+    "session_create": {"username": str},
+    "session_resolve": {"token": str},
+    "session_revoke": {"token": str},
+    "status": {},
+    "peers": {},
+    "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
+    "partition": {"peers": list},
+    "heal": {},
+    "lossy": {"fraction": float},
+}
+
+
+class Control:
+    def __init__(self, daemon: "Daemon") -> None:
+        self.d = daemon
+
+    def handle(self, ident: bytes, frames: list[bytes]) -> None:
+        d = self.d
+        if len(frames) != 1:
+            d.stats["ipc_bad_request"] += 1
+            return d.reply_ipc(ident, 0, error="bad request: expected one frame")
+        try:
+            env = wire.decode(d.key, frames[0])
+        except wire.WireError as exc:
+            d.stats["ipc_bad_request"] += 1
+            d.stats[f"drop_{exc.reason}"] += 1
+            return d.reply_ipc(ident, 0, error=f"bad request: {exc}")
+        if env.type != "req":
+            d.stats["ipc_bad_request"] += 1
+            return d.reply_ipc(ident, 0, error=f"bad request: type {env.type} is not a request")
+        req_id, op, args = env.payload["id"], env.payload["op"], env.payload["args"]
+        problem = check_args(op, args)
+        if problem:
+            d.stats["ipc_bad_request"] += 1
+            return d.reply_ipc(ident, req_id, error=f"bad request: {problem}")
+        d.stats[f"ipc_{op}"] += 1
+
+        def reply(result: Any = None, error: str | None = None) -> None:
+            d.reply_ipc(ident, req_id, result, error)
+
+        try:
+            getattr(self, f"op_{op}")(reply, **args)
+        except Exception:  # a bug in one handler must not take the node down
+            d.stats["ipc_errors"] += 1
+            log.exception("ipc op %s failed", op)
+            reply(error="internal error (logged by the daemon)")
+
+    # ---- users ----------------------------------------------------------
+
+    def op_ping(self, reply: Reply) -> None:
+        reply({"node": self.d.name, "peers_up": self.d.membership.up_names()})
+
+    def op_register(self, reply: Reply, username: str, password_hash: str) -> None:
+        d = self.d
+        if d.cache.get("u", username) is not None:
+            return reply(error="taken")
+        user = {"id": uuid.uuid4().hex, "username": username, "password_hash": password_hash,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+
+        def inserted(_: None, error: BaseException | None) -> None:
+            from daemon.store import UsernameTaken
+            if isinstance(error, UsernameTaken):
+                return reply(error="taken")
+            if error is not None:
+                d.stats["store_errors"] += 1
+                log.warning("registering %r failed: %s", username, error)
+                return reply(error="the user store is unavailable")
+            entry = user_entry(user)
+            d.cache.merge([entry])
+            d.publish_entries([entry])
+            reply({"id": user["id"], "username": username, "created_at": user["created_at"]})
+
+        d.worker.submit(lambda res: res.users.insert(user), inserted)
+
+    def op_user(self, reply: Reply, username: str) -> None:
+        item = self.d.cache.get("u", username)
+        reply(item[2] if item else None)
+
+    # ---- sessions -------------------------------------------------------
+
+    def op_session_create(self, reply: Reply, username: str) -> None:
+        d = self.d
+        item = d.cache.get("u", username)
+        if item is None:
+            return reply(error="no such user")
+        token = secrets.token_urlsafe(32)  # 256 bits
+        expires = d.now() + d.settings.session_ttl_s * 1000
+        d.write("s", token, {"uid": item[2]["id"], "user": username}, expires)
+        reply({"token": token, "expires": expires})
+
+    def op_session_resolve(self, reply: Reply, token: str) -> None:
+        item = self.d.cache.get("s", token)
+        if item is None or item[2] is None or item[3] <= self.d.now():
+            return reply(None)
+        reply({"user": item[2]["user"], "uid": item[2]["uid"], "expires": item[3]})
+
+    def op_session_revoke(self, reply: Reply, token: str) -> None:
+        """Replace the session with a tombstone that lives as long as the session could have."""
+        d = self.d
+        item = d.cache.get("s", token)
+        expires = item[3] if item else d.now() + d.settings.session_ttl_s * 1000
+        d.write("s", token, None, expires)
+        reply({})
+
+    # ---- inspection and fault injection ---------------------------------
+
+    def op_status(self, reply: Reply) -> None:
+        d = self.d
+        reply({"node": d.name, "incarnation": d.incarnation, "uptime_s": round(d.uptime_s(), 3),
+               "bus": d.bus.endpoint, "peer": d.peer_endpoint, "cache": d.cache.counts(),
+               "digest": d.cache.digest.root.hex(), "seq": d.bus_codec.seq,
+               "stats": dict(sorted(d.stats.items())),
+               "blocked": sorted(d.blocked), "loss": d.loss, "peers_up": d.membership.up_names()})
+
+    def op_peers(self, reply: Reply) -> None:
+        d = self.d
+        root = d.cache.digest.root
+        reply({"node": d.name, "digest": root.hex(),
+               "peers": [p.view(root) for p in sorted(d.membership.peers.values(), key=lambda p: p.name)]})
+
+    def op_cache(self, reply: Reply, user: str | None, sessions: bool, limit: int) -> None:
+        d = self.d
+        rows = []
+        for kind, key, hlc, origin, value, expires in d.cache.entries():
+            if (kind == "s") != sessions or (user is not None and _owner(kind, key, value) != user):
+                continue
+            rows.append(_redacted(kind, key, hlc, origin, value, expires))
+            if len(rows) >= limit:
+                break
+        reply({"node": d.name, "entries": rows})
+
+    def op_partition(self, reply: Reply, peers: list) -> None:
+        names = {p for p in peers if isinstance(p, str)} - {self.d.name}
+        self.d.blocked |= names
+        for name in names:
+            peer = self.d.membership.peers.get(name)
+            if peer is not None:
+                self.d.membership.mark_down(peer, "partitioned")
+        log.warning("partitioned from %s", ", ".join(sorted(names)) or "nobody")
+        reply({"blocked": sorted(self.d.blocked)})
+
+    def op_heal(self, reply: Reply) -> None:
+        self.d.blocked.clear()
+        self.d.loss = 0.0
+        log.warning("healed: no peer blocked, no loss")
+        reply({"blocked": []})
+
+    def op_lossy(self, reply: Reply, fraction: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            return reply(error="fraction must be between 0 and 1")
+        self.d.loss = fraction
+        reply({"loss": fraction})
+
+
+def check_args(op: str, args: dict) -> str | None:
+    schema = OPS.get(op)
+    if schema is None:
+        return f"unknown op {op[:40]!r}"
+    if args.keys() != schema.keys():
+        return f"{op} takes {sorted(schema)}, got {sorted(args)[:10]}"
+    for name, kind in schema.items():
+        if not isinstance(args[name], kind) or (kind is int and isinstance(args[name], bool)):
+            return f"{op}.{name} must be {getattr(kind, '__name__', kind)}"
+    return None
+
+
+def _owner(kind: str, key: str, value: dict | None) -> str | None:
+    if kind == "u":
+        return key
+    return value["user"] if value else None
+
+
+def _redacted(kind: str, key: str, hlc: int, origin: str, value: dict | None, expires: int) -> dict:
+    """Never a password hash, never a whole session token."""
+    row = {"kind": kind, "hlc": hlc, "origin": origin, "expires": expires, "tombstone": value is None}
+    if kind == "u":
+        row.update(key=key, id=value["id"] if value else None, created_at=value["created_at"] if value else None)
+    else:
+        row.update(key=key[:8] + "…", user=value["user"] if value else None)
+    return row

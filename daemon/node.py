@@ -1,0 +1,499 @@
+"""The daemon: one process, one event loop, every socket polled in one place.
+
+Data flows one way: a socket is read, the frame decoded and checked, applied to
+the cache, and whatever changed is published.  Blocking work (the database)
+goes to the worker thread; sends never block.  The loop wakes for sockets,
+for signals (through a wakeup fd) and for its timers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import time
+from collections import Counter
+from typing import Callable
+
+import zmq
+
+from daemon import wire
+from daemon.bus import Bus
+from daemon.cache import Cache, now_ms, user_entry
+from daemon.control import Control
+from daemon.config import Settings, ensure_run_dir, resolve_cookie
+from daemon.hlc import HLC
+from daemon.membership import Membership, Peer, monotonic_ms
+from daemon.store import UserStore
+from daemon.sync import Repairs
+from daemon.worker import Worker
+from discovery import NodeRow, open_registry
+
+log = logging.getLogger(__name__)
+
+MISMATCH_HEARTBEATS = 2   # a digest mismatch must persist this long before it means divergence
+STALE_ROW_FACTOR = 10     # a registry row stale for this many down-periods is deleted
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line for a person."""
+
+
+class Resources:
+    """What the worker thread owns: its own connections to the registry and the user store."""
+
+    def __init__(self, db: str) -> None:
+        self.registry = open_registry(db)
+        self.users = UserStore(db)
+
+    def close(self) -> None:
+        self.registry.close()
+        self.users.close()
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.require_name()
+        self.cookie = resolve_cookie(settings)
+        self.incarnation = time.time_ns() // 1000 ^ secrets.randbits(16)
+        self.started_mono = monotonic_ms()
+        self.started_at = time.time()
+        self.stats: Counter = Counter()
+        self.cache = Cache()
+        self.hlc = HLC()
+        self.bus_codec = wire.Codec(self.cookie, self.name, self.incarnation)
+        self.direct_codec = wire.Codec(self.cookie, self.name, self.incarnation)
+        self.key = wire.wire_key(self.cookie)
+        self.blocked: set[str] = set()
+        self.loss = 0.0
+        self._stopping = False
+        self._refreshing = False
+        self._polling = False
+        self._timers: dict[str, float] = {}
+        self._lock_fd: int | None = None
+        self.ctx = zmq.Context.instance()
+        self.ipc: zmq.Socket | None = None
+        self.router: zmq.Socket | None = None
+        self.bus: Bus | None = None
+        self.membership: Membership | None = None
+
+    # ---- start and stop -------------------------------------------------
+
+    def start(self) -> None:
+        """Take the name, load users, bind, announce.  A failure leaves no socket file behind."""
+        s = self.settings
+        ensure_run_dir(s)
+        self._take_lock()
+        try:
+            res = Resources(s.db)
+            try:
+                self.cache.merge([user_entry(u) for u in res.users.load()])
+                self._bind()
+                res.registry.announce(self._row())
+                self._on_rows(res.registry.peers())
+            finally:
+                res.close()
+        except BaseException:
+            self._unbind()
+            raise
+        self.worker = Worker(self.ctx, lambda: Resources(s.db))
+        self.control = Control(self)
+        log.info("node %s up: bus %s, peer %s, ipc %s, %d users", self.name, self.bus.endpoint,
+                 self.peer_endpoint, s.ipc_path, self.cache.counts()["users"])
+
+    def _bind(self) -> None:
+        s = self.settings
+        self.ipc = self.ctx.socket(zmq.ROUTER)
+        self.ipc.linger = 0
+        if os.path.exists(s.ipc_path):
+            os.unlink(s.ipc_path)  # stale: the lock proves no live daemon owns it
+        self.ipc.bind(f"ipc://{s.ipc_path}")
+        os.chmod(s.ipc_path, 0o600)
+        self.bus = Bus(self.ctx, s.bind)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.router.bind(f"tcp://{s.bind}:0")
+        self.peer_endpoint = self.router.last_endpoint.decode()
+        self.membership = Membership(self.name, self.ctx, s.down_after_ms,
+                                     STALE_ROW_FACTOR * s.down_after_ms)
+        self.repairs = Repairs(self.cache, self.stats, timeout_ms=max(2000, 2 * s.heartbeat_ms))
+
+    def _unbind(self) -> None:
+        if self.membership is not None:
+            for peer in self.membership.peers.values():
+                peer.close()
+        if self.bus is not None:
+            self.bus.close()
+        for sock in (self.router, self.ipc):
+            if sock is not None:
+                sock.close(linger=0)
+        if os.path.exists(self.settings.ipc_path):
+            os.unlink(self.settings.ipc_path)
+        if self._lock_fd is not None:
+            os.unlink(os.path.join(self.settings.run_dir, f"{self.name}.lock"))
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _take_lock(self) -> None:
+        """A second daemon with this name and run dir must refuse, not steal the socket file."""
+        path = os.path.join(self.settings.run_dir, f"{self.name}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"a daemon named {self.name} is already running "
+                               f"(ipc socket {self.settings.ipc_path})") from None
+        self._lock_fd = fd
+
+    def _row(self) -> NodeRow:
+        now = time.time()
+        return NodeRow(self.name, self.bus.endpoint, self.peer_endpoint, socket.gethostname(), os.getpid(),
+                       self.incarnation, self.started_at, now)
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then leave the cluster cleanly."""
+        rfd, wfd = os.pipe()
+        os.set_blocking(wfd, False)
+        os.set_blocking(rfd, False)
+        signal.set_wakeup_fd(wfd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(self, "_stopping", True))
+        poller = zmq.Poller()
+        handlers: dict = {
+            self.bus.sub: self._on_bus, self.router: self._on_peer_request,
+            self.ipc: self._on_ipc, self.worker.wake: lambda: self.worker.drain(), rfd: lambda: None,
+        }
+        for sock in handlers:
+            poller.register(sock, zmq.POLLIN)
+        dealers: dict[zmq.Socket, Peer] = {}
+        try:
+            while not self._stopping:
+                dealers = self._sync_dealers(poller, dealers)
+                timeout = self._run_timers()
+                for sock, _ in poller.poll(timeout):
+                    self._dispatch(handlers, dealers, sock)
+                    if self._stopping:
+                        break
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(rfd)
+            os.close(wfd)
+            self.close()
+
+    def _dispatch(self, handlers: dict, dealers: dict, sock) -> None:
+        """Run one socket's handler; a bug there is logged and counted, and the node keeps serving."""
+        try:
+            if sock in handlers:
+                handlers[sock]()
+            elif sock in dealers:
+                self._on_peer_reply(dealers[sock])
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("handler failed; the daemon keeps serving")
+
+    def close(self) -> None:
+        log.info("node %s leaving the cluster", self.name)
+        try:
+            res = Resources(self.settings.db)
+            res.registry.withdraw(self.name, self.incarnation)
+            res.close()
+        except Exception as exc:  # leaving must not fail; the row will expire anyway
+            log.warning("could not withdraw the registry row: %s", exc)
+        self.worker.close()
+        self._unbind()
+        self.ctx.term()
+
+    def _sync_dealers(self, poller: zmq.Poller, current: dict) -> dict:
+        wanted = {p.dealer: p for p in self.membership.peers.values() if p.dealer is not None}
+        for sock in current.keys() - wanted.keys():
+            try:
+                poller.unregister(sock)
+            except KeyError:
+                pass
+        for sock in wanted.keys() - current.keys():
+            poller.register(sock, zmq.POLLIN)
+        return wanted
+
+    # ---- timers ---------------------------------------------------------
+
+    def _run_timers(self) -> int:
+        """Run what is due; return the poll timeout in ms until the next timer."""
+        s = self.settings
+        now = monotonic_ms()
+        schedule: list[tuple[str, float, Callable[[], None]]] = [
+            ("heartbeat", s.heartbeat_ms, self._heartbeat),
+            ("liveness", min(s.heartbeat_ms, 250), self._liveness),
+            ("discovery", s.discovery_ms, self._poll_registry),
+            ("purge", 1000, lambda: self.cache.purge()),
+        ]
+        wait = float(s.heartbeat_ms)
+        for name, period, fn in schedule:
+            due = self._timers.get(name, 0.0)
+            if now >= due:
+                fn()
+                due = now + period
+                self._timers[name] = due
+            wait = min(wait, due - now)
+        return max(0, int(wait))
+
+    def _heartbeat(self) -> None:
+        payload = {"size": len(self.cache), "digest": self.cache.digest.root,
+                   "bus": self.bus.endpoint, "peer": self.peer_endpoint}
+        self._publish("hb", payload)
+        if not self._refreshing:
+            self._refreshing = True
+            beat = time.time()
+            self.worker.submit(lambda res: res.registry.refresh(self.name, self.incarnation, beat),
+                               self._on_refreshed)
+
+    def _on_refreshed(self, present: bool | None, error: BaseException | None) -> None:
+        self._refreshing = False
+        if error is not None:
+            self.stats["registry_errors"] += 1
+            log.warning("registry refresh failed: %s", error)
+        elif not present:  # somebody pruned us (we were stopped too long): come back
+            row = self._row()
+            self.worker.submit(lambda res: res.registry.announce(row), lambda *_: None)
+
+    def _liveness(self) -> None:
+        down, gone = self.membership.expire()
+        for peer in gone:
+            log.info("forgetting lost peer %s", peer.name)
+            self.bus.unfollow(peer.bus_endpoint)
+            peer.close()
+
+    def _poll_registry(self) -> None:
+        if self._polling:
+            return
+        self._polling = True
+        stale_before = time.time() - STALE_ROW_FACTOR * self.settings.down_after_ms / 1000
+
+        def job(res: Resources) -> list[NodeRow]:
+            pruned = res.registry.prune(stale_before)
+            if pruned:
+                log.info("pruned stale registry rows: %s", ", ".join(pruned))
+            return res.registry.peers()
+
+        self.worker.submit(job, self._on_polled)
+
+    def _on_polled(self, rows: list[NodeRow] | None, error: BaseException | None) -> None:
+        self._polling = False
+        if error is not None:
+            self.stats["registry_errors"] += 1
+            log.warning("registry poll failed: %s", error)
+            return
+        self._on_rows(rows or [])
+
+    def _on_rows(self, rows: list[NodeRow]) -> None:
+        fresh, moved_from, withdrawn = self.membership.sync_rows(rows)
+        for old in moved_from:
+            self.bus.unfollow(old.bus_endpoint)
+        for peer in fresh:
+            self.bus.follow(peer.bus_endpoint)
+            self._send_peer(peer, "announce", {"bus": self.bus.endpoint, "peer": self.peer_endpoint})
+        for peer in withdrawn:
+            self.membership.mark_down(peer, "left the registry")
+            if peer.lost_at is None:
+                peer.lost_at = monotonic_ms()
+
+    # ---- sending --------------------------------------------------------
+
+    def _publish(self, type_: str, payload: dict) -> None:
+        if self.bus.publish(self.bus_codec.encode(type_, payload)):
+            self.stats[f"out_{type_}"] += 1
+        else:
+            self.stats["drop_send_hwm"] += 1
+
+    def publish_entries(self, entries: list[list]) -> None:
+        if entries:
+            self._publish("merge", {"entries": entries})
+
+    def _send_peer(self, peer: Peer, type_: str, payload: dict) -> None:
+        if peer.name in self.blocked:
+            return
+        if peer.send(self.direct_codec.encode(type_, payload)):
+            self.stats[f"out_{type_}"] += 1
+        else:
+            self.stats["drop_peer_unreachable"] += 1
+
+    def request_repair(self, peer: Peer, reason: str) -> None:
+        if peer.name in self.blocked or not self.repairs.due(peer):
+            return
+        self.repairs.mark_sent(peer, reason)
+        self._send_peer(peer, "sync_req", {"digest": self.cache.digest.root})
+
+    # ---- receiving ------------------------------------------------------
+
+    def _decode(self, frame: bytes, where: str) -> wire.Envelope | None:
+        try:
+            return wire.decode(self.key, frame)
+        except wire.WireError as exc:
+            self.stats[f"drop_{exc.reason}"] += 1
+            log.debug("dropped a frame on the %s: %s", where, exc)
+            return None
+
+    def _on_bus(self) -> None:
+        for _ in range(1000):  # bounded, so timers and other sockets get their turn
+            try:
+                frame = self.bus.sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            env = self._decode(frame, "bus")
+            if env is None or env.sender == self.name:
+                continue
+            if env.sender in self.blocked:
+                self.stats["drop_partitioned"] += 1
+                continue
+            if self.loss and random.random() < self.loss:
+                self.stats["drop_lossy"] += 1
+                continue
+            self.stats[f"in_{env.type}"] += 1
+            self._apply_bus(env)
+
+    def _apply_bus(self, env: wire.Envelope) -> None:
+        peer = self.membership.peers.get(env.sender)
+        if peer is None:
+            if env.type == "merge":  # signed by a member we have not met yet: still worth keeping
+                self._merge_from(env.payload["entries"])
+            if env.type != "hb":
+                return
+            peer, _ = self.membership.learn(env.sender, env.payload["bus"], env.payload["peer"],
+                                            env.incarnation)
+            self.bus.follow(peer.bus_endpoint)
+        reason = self._check_sequence(peer, env)
+        if reason == "replay":
+            return
+        came_up = self.membership.heard(peer)
+        if env.type == "merge":
+            self._merge_from(env.payload["entries"])
+        elif env.type == "hb":
+            reason = reason or self._check_digest(peer, env.payload["digest"])
+        if came_up:
+            reason = "peer_up"
+        if reason:
+            self.request_repair(peer, reason)
+
+    def _merge_from(self, entries: list[list]) -> None:
+        for entry in entries:
+            self.hlc.observe(entry[2])
+        self.cache.merge(entries)
+
+    def _check_sequence(self, peer: Peer, env: wire.Envelope) -> str | None:
+        if env.incarnation != peer.bus_incarnation:
+            restarted = peer.bus_incarnation != 0
+            peer.bus_incarnation, peer.last_seq = env.incarnation, env.seq
+            return "peer_restart" if restarted else None
+        if env.seq <= peer.last_seq:
+            self.stats["drop_replay"] += 1
+            return "replay"
+        gap = env.seq > peer.last_seq + 1
+        peer.last_seq = env.seq
+        if gap:
+            self.stats["seq_gaps"] += 1
+            return "seq_gap"
+        return None
+
+    def _check_digest(self, peer: Peer, digest: bytes) -> str | None:
+        peer.digest = digest
+        if digest == self.cache.digest.root:
+            peer.mismatches = 0
+            return None
+        peer.mismatches += 1
+        return "digest_mismatch" if peer.mismatches >= MISMATCH_HEARTBEATS else None
+
+    def _on_peer_request(self) -> None:
+        for _ in range(100):
+            try:
+                ident, *frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            env = self._decode(frames[0], "peer socket") if len(frames) == 1 else None
+            if env is None:
+                if len(frames) != 1:
+                    self.stats["drop_malformed"] += 1
+                continue
+            if env.sender in self.blocked:
+                self.stats["drop_partitioned"] += 1
+                continue
+            self.stats[f"in_{env.type}"] += 1
+            reply = self._answer_peer(env)
+            if reply is not None:
+                frame = self.direct_codec.encode(*reply)
+                try:
+                    self.router.send_multipart([ident, frame], zmq.NOBLOCK)
+                    self.stats[f"out_{reply[0]}"] += 1
+                    if reply[0] == "sync_rep":
+                        self.stats["repair_bytes_out"] += len(frame)
+                        self.stats["repair_entries_out"] += len(reply[1]["entries"])
+                except zmq.Again:
+                    self.stats["drop_peer_unreachable"] += 1
+
+    def _answer_peer(self, env: wire.Envelope) -> tuple[str, dict] | None:
+        p = env.payload
+        if env.type == "announce":
+            peer, changed = self.membership.learn(env.sender, p["bus"], p["peer"], env.incarnation)
+            if changed:
+                log.info("peer %s announced itself", env.sender)
+            self.bus.follow(peer.bus_endpoint)
+            return "ack", {}
+        if env.type == "sync_req":
+            return "sync_rep", {"entries": self.repairs.snapshot(p["digest"]), "digest": self.cache.digest.root}
+        if env.type == "ping":
+            return "pong", {"n": p["n"], "t": p["t"]}
+        self.stats["drop_unexpected_type"] += 1
+        return None
+
+    def _on_peer_reply(self, peer: Peer) -> None:
+        for _ in range(100):
+            try:
+                frame = peer.dealer.recv(zmq.NOBLOCK)
+            except (zmq.Again, AttributeError):
+                return
+            env = self._decode(frame, "peer reply")
+            if env is None:
+                continue
+            if env.sender in self.blocked:
+                self.stats["drop_partitioned"] += 1
+                continue
+            self.stats[f"in_{env.type}"] += 1
+            if env.type == "sync_rep":
+                for entry in env.payload["entries"]:
+                    self.hlc.observe(entry[2])
+                self.repairs.applied(peer, env.payload["entries"], len(frame))
+
+    def _on_ipc(self) -> None:
+        for _ in range(100):
+            try:
+                ident, *frames = self.ipc.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.control.handle(ident, frames)
+
+    # ---- helpers for control -------------------------------------------
+
+    def reply_ipc(self, ident: bytes, req_id: int, result=None, error: str | None = None) -> None:
+        frame = self.direct_codec.encode("rep", {"id": req_id, "ok": error is None,
+                                                 "result": result, "error": error})
+        try:
+            self.ipc.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["drop_ipc_unreachable"] += 1
+
+    def write(self, kind: str, key: str, value: dict | None, expires: int) -> list:
+        """Stamp a local change, apply it and publish it."""
+        entry = [kind, key, self.hlc.now(), self.name, value, expires]
+        self.cache.merge([entry])
+        self.publish_entries([entry])
+        return entry
+
+    def uptime_s(self) -> float:
+        return (monotonic_ms() - self.started_mono) / 1000
+
+    def now(self) -> int:
+        return now_ms()

@@ -1,0 +1,50 @@
+"""Finding the other nodes of a cluster.
+
+A registry holds one row per live node.  The daemon needs only four things
+from it, so every backend (SQLite today, Redis for clusters that span hosts)
+implements this small interface and nothing above it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    id: str
+    bus_endpoint: str
+    peer_endpoint: str
+    host: str
+    pid: int
+    incarnation: int
+    started_at: float
+    heartbeat_at: float
+
+
+class Registry(Protocol):
+    def announce(self, row: NodeRow) -> None:
+        """Insert or replace this node's row."""
+
+    def refresh(self, node_id: str, incarnation: int, heartbeat_at: float) -> bool:
+        """Touch this node's row; False when the row is gone (then announce again)."""
+
+    def peers(self) -> list[NodeRow]:
+        """Every row, this node's included."""
+
+    def withdraw(self, node_id: str, incarnation: int) -> None:
+        """Remove this node's row, on a clean shutdown."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def prune(self, stale_before: float) -> list[str]:
+        """Delete rows whose heartbeat is older than ``stale_before``; returns their ids."""
+
+
+def open_registry(url: str) -> Registry:
+    """The registry named by the --db setting (a path, or sqlite:///path)."""
+    from discovery.sqlite import SqliteRegistry
+    path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url
+    return SqliteRegistry(path)
