@@ -36,7 +36,7 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "status": {},
     "peers": {},
     "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
-    "partition": {"peers": list},
+    "partition": {"peers": list, "replace": bool},
     "heal": {},
     "lossy": {"fraction": float},
 }
@@ -161,9 +161,10 @@ class Control:
                 break
         reply({"node": d.name, "entries": rows})
 
-    def op_partition(self, reply: Reply, peers: list) -> None:
+    def op_partition(self, reply: Reply, peers: list, replace: bool) -> None:
+        """Drop every bus and peer message to and from these peers (the harness's cut)."""
         names = {p for p in peers if isinstance(p, str)} - {self.d.name}
-        self.d.blocked |= names
+        self.d.blocked = names if replace else self.d.blocked | names
         for name in names:
             peer = self.d.membership.peers.get(name)
             if peer is not None:
