@@ -1,0 +1,57 @@
+"""The web front end of one logonmesh node: a Flask app that talks only to its own daemon.
+
+Every node of a cluster derives the same Flask secret from the cluster cookie,
+so a browser's session cookie (which ignores the port) and its CSRF tokens are
+accepted by every node alike.  Users and sessions live in the daemons; the web
+keeps nothing but what the signed session cookie carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from daemon.client import DaemonClient
+from daemon.config import Settings, resolve_cookie
+
+MAX_BODY_BYTES = 64 * 1024
+DAEMON_TIMEOUT_MS = 1000  # one slow daemon call must leave room for a 503 within 2 s
+SECRET_CONTEXT = b"logonmesh/web/v1"
+
+csrf = CSRFProtect()
+
+
+def derive_secret_key(cookie: bytes) -> bytes:
+    """A key only for Flask, derived so that a leaked web key does not reveal the wire key."""
+    return hmac.new(cookie, SECRET_CONTEXT, hashlib.sha256).digest()
+
+
+def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
+    """Build the app for one node; `client` lets a caller share or fake the daemon connection."""
+    cookie = resolve_cookie(settings)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=derive_secret_key(cookie),
+        SESSION_COOKIE_NAME="logonmesh",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        LOGONMESH_NODE=settings.require_name(),
+    )
+    app.extensions["logonmesh.daemon"] = client or DaemonClient(
+        settings.ipc_path, cookie, name=f"web-{settings.name}", timeout_ms=DAEMON_TIMEOUT_MS)
+    app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
+    csrf.init_app(app)
+    _register(app)
+    return app
+
+
+def _register(app: Flask) -> None:
+    """Blueprints are imported here so that importing `web` alone stays cheap."""
+    from web import auth, errors, pages
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(pages.bp)
+    errors.register(app)

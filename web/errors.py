@@ -1,0 +1,59 @@
+"""Every error is a page: a person sees what went wrong, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+
+from daemon.client import DaemonError, DaemonUnavailable
+from web.node import node_name
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(CSRFError, csrf_failed)
+    app.register_error_handler(DaemonUnavailable, daemon_unavailable)
+    app.register_error_handler(DaemonError, daemon_refused)
+    app.register_error_handler(RequestEntityTooLarge, too_large)
+    app.register_error_handler(InternalServerError, internal_error)
+    app.register_error_handler(HTTPException, http_error)
+
+
+def page(code: int, title: str, message: str) -> tuple[str, int]:
+    return render_template("error.html", code=code, title=title, message=message), code
+
+
+def csrf_failed(exc: CSRFError) -> tuple[str, int]:
+    return page(400, "The form could not be accepted",
+                "It was missing its security token, or the token was stale. "
+                "Go back, reload the page and try again.")
+
+
+def daemon_unavailable(exc: DaemonUnavailable) -> tuple[str, int, dict[str, str]]:
+    log.warning("daemon unavailable: %s", exc)
+    body, code = page(503, "This node is not available",
+                      f"The daemon of node {node_name()} is not answering, so this node cannot "
+                      "check accounts or sessions right now. Try again in a moment, or use another node.")
+    return body, code, {"Retry-After": "2"}
+
+
+def daemon_refused(exc: DaemonError) -> tuple[str, int]:
+    log.warning("daemon refused a request: %s", exc)
+    return page(503, "This node could not finish the request",
+                f"The daemon of node {node_name()} refused it: {exc}. Try again in a moment.")
+
+
+def too_large(exc: RequestEntityTooLarge) -> tuple[str, int]:
+    return page(413, "That was too much", "A request to this site may carry at most 64 KiB.")
+
+
+def internal_error(exc: InternalServerError) -> tuple[str, int]:
+    return page(500, "Something went wrong", "The error has been logged. Try again in a moment.")
+
+
+def http_error(exc: HTTPException) -> tuple[str, int]:
+    return page(exc.code or 500, exc.name, exc.description or "")

@@ -1,0 +1,16 @@
+"""What every view needs from the running node: its name and its daemon client."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from daemon.client import DaemonClient
+
+
+def daemon() -> DaemonClient:
+    """The client to this node's daemon, set up once per app by create_app."""
+    return current_app.extensions["logonmesh.daemon"]
+
+
+def node_name() -> str:
+    return current_app.config["LOGONMESH_NODE"]

@@ -1,0 +1,49 @@
+"""Run the web app under waitress until SIGTERM or SIGINT, then exit 0.
+
+honcho stops a Procfile by sending SIGTERM to every process (and SIGKILL 5 s
+later), so SIGTERM must end the server promptly and cleanly.  waitress leaves
+its loop on SystemExit, drains its threads and returns; the handler raises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from types import FrameType
+
+from waitress.server import create_server
+
+from daemon.config import Settings
+from web import create_app
+
+log = logging.getLogger(__name__)
+
+THREADS = 8
+
+
+def serve(settings: Settings, port: int) -> None:
+    """Build the app and serve it; a port that cannot be bound is one line on stderr and exit 1."""
+    app = create_app(settings)
+    try:
+        server = create_server(app, host=settings.host, port=port, threads=THREADS, ident="logonmesh")
+    except OSError as exc:
+        print(f"logonmesh: cannot listen on {settings.host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
+    log.info("web %s serving on http://%s:%d (daemon ipc %s)", settings.name, settings.host, port,
+             settings.ipc_path)
+    _stop_on_signals()
+    server.run()
+    log.info("web %s stopped", settings.name)
+
+
+def _stop_on_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _leave)
+
+
+def _leave(signum: int, frame: FrameType | None) -> None:
+    """Ignore further signals (honcho may send more) so the shutdown itself is never interrupted."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(0)
