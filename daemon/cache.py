@@ -46,7 +46,6 @@ class Cache:
     def __init__(self) -> None:
         self.kinds: dict[str, dict[str, Item]] = {"u": {}, "s": {}}
         self.digest = Digest()
-        self.user_ids: dict[str, str] = {}   # user id -> username
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_ms, session token)
 
     def __len__(self) -> int:
@@ -75,11 +74,11 @@ class Cache:
         bucket = bucket_of(kind, key)
         if old is not None:
             self.digest.toggle(bucket, entry_hash(kind, key, old[0], old[1]))
+        else:
+            self.digest.members[bucket].add((kind, key))
         self.digest.toggle(bucket, entry_hash(kind, key, hlc, origin))
         table[key] = (hlc, origin, value, expires)
-        if kind == "u" and value is not None:
-            self.user_ids[value["id"]] = key
-        elif kind == "s" and expires:
+        if kind == "s" and expires:
             heapq.heappush(self._expiry, (expires, key))
         return True
 
@@ -93,13 +92,22 @@ class Cache:
             if item is None or item[3] != expires:
                 continue  # superseded by a later version with another expiry
             del sessions[key]
-            self.digest.toggle(bucket_of("s", key), entry_hash("s", key, item[0], item[1]))
+            bucket = bucket_of("s", key)
+            self.digest.toggle(bucket, entry_hash("s", key, item[0], item[1]))
+            self.digest.members[bucket].discard(("s", key))
             purged += 1
         return purged
 
     def entries(self) -> Iterator[WireEntry]:
         for kind, table in self.kinds.items():
             for key, (hlc, origin, value, expires) in table.items():
+                yield [kind, key, hlc, origin, value, expires]
+
+    def in_leaves(self, leaves: Iterable[int]) -> Iterator[WireEntry]:
+        """The entries of some digest leaves: what a repair compares, without scanning the cache."""
+        for leaf in leaves:
+            for kind, key in self.digest.members[leaf]:
+                hlc, origin, value, expires = self.kinds[kind][key]
                 yield [kind, key, hlc, origin, value, expires]
 
     def counts(self) -> dict[str, int]:

@@ -42,7 +42,6 @@ class Peer:
     in_registry: bool = True
     lost_at: float | None = None    # monotonic ms when it went down (kept for tools)
     change_reason: str = ""
-    sync_sent_at: float | None = None
     dealer: zmq.Socket | None = field(default=None, repr=False)
 
     def connect(self, ctx: zmq.Context) -> None:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MISMATCH_HEARTBEATS = 2   # a digest mismatch must persist this long before it means divergence
 STALE_ROW_FACTOR = 10     # a registry row stale for this many down-periods is deleted
+REPUBLISH_BATCH = 500     # entries per bus merge when republishing what a repair brought
+REPAIR_TYPES = frozenset({"tree_req", "tree_rep", "diff_req", "diff_rep", "push", "sync_req", "sync_rep"})
 
 
 class StartupError(Exception):
@@ -121,7 +123,7 @@ class Daemon:
         self.peer_endpoint = self.router.last_endpoint.decode()
         self.membership = Membership(self.name, self.ctx, s.down_after_ms,
                                      STALE_ROW_FACTOR * s.down_after_ms)
-        self.repairs = Repairs(self.cache, self.stats, timeout_ms=max(2000, 2 * s.heartbeat_ms))
+        self.repairs = Repairs(self.cache, self.stats, timeout_ms=max(1000, 3 * s.heartbeat_ms))
 
     def _unbind(self) -> None:
         if self.membership is not None:
@@ -296,7 +298,7 @@ class Daemon:
             self.bus.unfollow(old.bus_endpoint)
         for peer in fresh:
             self.bus.follow(peer.bus_endpoint)
-            self._send_peer(peer, "announce", {"bus": self.bus.endpoint, "peer": self.peer_endpoint})
+            self._send_peer(peer, ("announce", {"bus": self.bus.endpoint, "peer": self.peer_endpoint}))
         for peer in withdrawn:
             self.membership.mark_down(peer, "left the registry")
             if peer.lost_at is None:
@@ -314,19 +316,37 @@ class Daemon:
         if entries:
             self._publish("merge", {"entries": entries})
 
-    def _send_peer(self, peer: Peer, type_: str, payload: dict) -> None:
-        if peer.name in self.blocked:
+    def _send_peer(self, peer: Peer, message: tuple[str, dict] | None) -> None:
+        if message is None or peer.name in self.blocked:
             return
-        if peer.send(self.direct_codec.encode(type_, payload)):
-            self.stats[f"out_{type_}"] += 1
+        frame = self.direct_codec.encode(*message)
+        if peer.send(frame):
+            self._count_out(message[0], frame)
         else:
             self.stats["drop_peer_unreachable"] += 1
 
+    def _count_out(self, type_: str, frame: bytes) -> None:
+        self.stats[f"out_{type_}"] += 1
+        if type_ in REPAIR_TYPES:
+            self.stats["repair_bytes_out"] += len(frame)
+            self.stats["repair_msgs_out"] += 1
+
+    def _count_in(self, type_: str, frame: bytes) -> None:
+        self.stats[f"in_{type_}"] += 1
+        if type_ in REPAIR_TYPES:
+            self.stats["repair_bytes_in"] += len(frame)
+            self.stats["repair_msgs_in"] += 1
+
     def request_repair(self, peer: Peer, reason: str) -> None:
-        if peer.name in self.blocked or not self.repairs.due(peer):
-            return
-        self.repairs.mark_sent(peer, reason)
-        self._send_peer(peer, "sync_req", {"digest": self.cache.digest.root})
+        if peer.name not in self.blocked:
+            self._send_peer(peer, self.repairs.start(peer, reason))
+
+    def _repaired(self, entries: list[list]) -> None:
+        """Entries a repair brought in: tell the rest of the cluster, so they need not repair too."""
+        for entry in entries:
+            self.hlc.observe(entry[2])
+        for i in range(0, len(entries), REPUBLISH_BATCH):
+            self.publish_entries(entries[i:i + REPUBLISH_BATCH])
 
     # ---- receiving ------------------------------------------------------
 
@@ -421,16 +441,13 @@ class Daemon:
             if env.sender in self.blocked:
                 self.stats["drop_partitioned"] += 1
                 continue
-            self.stats[f"in_{env.type}"] += 1
+            self._count_in(env.type, frames[0])
             reply = self._answer_peer(env)
             if reply is not None:
                 frame = self.direct_codec.encode(*reply)
                 try:
                     self.router.send_multipart([ident, frame], zmq.NOBLOCK)
-                    self.stats[f"out_{reply[0]}"] += 1
-                    if reply[0] == "sync_rep":
-                        self.stats["repair_bytes_out"] += len(frame)
-                        self.stats["repair_entries_out"] += len(reply[1]["entries"])
+                    self._count_out(reply[0], frame)
                 except zmq.Again:
                     self.stats["drop_peer_unreachable"] += 1
 
@@ -442,8 +459,15 @@ class Daemon:
                 log.info("peer %s announced itself", env.sender)
             self.bus.follow(peer.bus_endpoint)
             return "ack", {}
+        if env.type == "tree_req":
+            return self.repairs.answer_tree(p)
+        if env.type == "diff_req":
+            return self.repairs.answer_diff(p)
+        if env.type == "push":
+            self._repaired(self.repairs.on_push(p["entries"]))
+            return None
         if env.type == "sync_req":
-            return "sync_rep", {"entries": self.repairs.snapshot(p["digest"]), "digest": self.cache.digest.root}
+            return self.repairs.snapshot(p["digest"])
         if env.type == "ping":
             return "pong", {"n": p["n"], "t": p["t"]}
         self.stats["drop_unexpected_type"] += 1
@@ -461,11 +485,15 @@ class Daemon:
             if env.sender in self.blocked:
                 self.stats["drop_partitioned"] += 1
                 continue
-            self.stats[f"in_{env.type}"] += 1
-            if env.type == "sync_rep":
-                for entry in env.payload["entries"]:
-                    self.hlc.observe(entry[2])
-                self.repairs.applied(peer, env.payload["entries"], len(frame))
+            self._count_in(env.type, frame)
+            if env.type == "tree_rep":
+                self._send_peer(peer, self.repairs.on_tree_rep(peer, env.payload))
+            elif env.type == "diff_rep":
+                changed, push, more = self.repairs.on_diff_rep(peer, env.payload)
+                self._send_peer(peer, push)
+                self._repaired(changed)
+                if more:
+                    self.request_repair(peer, "more")
 
     def _on_ipc(self) -> None:
         for _ in range(100):

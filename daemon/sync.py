@@ -1,22 +1,51 @@
-"""Repair: pulling a peer's state when the bus may have lost something.
+"""Repair: making two caches equal at a cost in proportion to their difference.
 
-The daemon asks for a repair when a peer comes up, when a sequence gap shows
-a lost message, and when digests have disagreed for two heartbeats.  This
-module decides whether a request may go out now (one at a time per peer,
-retried after a timeout) and builds and applies the state transfer, in the
-manner of the Clone pattern's snapshot: the reply is merged with the same
-idempotent rules as any bus merge, so a duplicate or late reply is harmless.
+PUB/SUB loses messages, so a daemon repairs with a peer when the peer comes
+up, when a sequence gap shows a lost message, and when digests have disagreed
+for two heartbeats.  The two sides walk the digest tree top-down over the peer
+socket, as Dynamo and Riak do, and ship only the entries of the leaves that
+differ, both ways in one exchange::
+
+    A -> B  tree_req  {root, groups}         A's 64 group hashes
+    B -> A  tree_rep  {groups, leaves}       B's leaves of the groups that differ
+    A -> B  diff_req  {leaves, versions}     A's versions in the leaves that differ
+    B -> A  diff_rep  {entries, want}        what A lacks, and the keys B lacks
+    A -> B  push      {entries}              what B lacked
+
+Every step is merged with the same idempotent rules as a bus merge, so a
+repair that stops halfway leaves both sides valid and is simply run again.
+What a repair brings in is republished on the bus, so that one node coming
+back is repaired by one peer and the rest hear it, instead of every peer
+pulling the same difference.  Each node runs one repair at a time, and at
+most ``LEAF_BATCH`` leaves per exchange, so a message stays bounded; a larger
+difference takes further exchanges, started at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 
 from daemon.cache import Cache
+from daemon.digest import FANOUT, LEAVES, differing, unpack
 from daemon.membership import Peer, monotonic_ms
 
 log = logging.getLogger(__name__)
+
+LEAF_BATCH = 512
+Message = tuple[str, dict]
+
+
+@dataclass
+class Session:
+    """One repair this node started with one peer."""
+
+    peer: str
+    reason: str
+    started: float = field(default_factory=monotonic_ms)
+    stage: str = "tree_req"
+    more: bool = False          # leaves were left for another exchange
 
 
 class Repairs:
@@ -24,32 +53,118 @@ class Repairs:
         self.cache = cache
         self.stats = stats
         self.timeout_ms = timeout_ms
+        self.active: Session | None = None
 
-    def due(self, peer: Peer) -> bool:
-        """One outstanding request per peer; a lost one is retried after the timeout."""
-        sent = peer.sync_sent_at
-        return sent is None or monotonic_ms() - sent > self.timeout_ms
+    # ---- the side that starts -------------------------------------------
 
-    def mark_sent(self, peer: Peer, reason: str) -> None:
-        peer.sync_sent_at = monotonic_ms()
+    def busy(self) -> bool:
+        """One repair at a time; a stalled one is abandoned after the timeout and may be retried."""
+        if self.active and monotonic_ms() - self.active.started > self.timeout_ms:
+            log.warning("repair with %s timed out at %s; it will be retried", self.active.peer, self.active.stage)
+            self.stats["repairs_timed_out"] += 1
+            self.active = None
+        return self.active is not None
+
+    def start(self, peer: Peer, reason: str) -> Message | None:
+        if self.busy():
+            return None
+        self.active = Session(peer.name, reason)
         self.stats["repairs_started"] += 1
         self.stats[f"repairs_for_{reason}"] += 1
         log.info("repair with %s (%s)", peer.name, reason)
+        digest = self.cache.digest
+        return "tree_req", {"root": digest.root, "groups": digest.group_bytes()}
 
-    def snapshot(self, their_digest: bytes) -> list[list]:
-        """Everything we hold, unless the requester already has exactly that."""
-        if their_digest == self.cache.digest.root:
-            return []
-        return list(self.cache.entries())
+    def _session(self, peer: Peer, stage: str) -> Session | None:
+        s = self.active
+        if s is None or s.peer != peer.name or s.stage != stage:
+            self.stats["repair_stray_replies"] += 1
+            return None
+        return s
 
-    def applied(self, peer: Peer, entries: list, size: int) -> list[list]:
-        """Merge a reply; returns the entries that were new here."""
-        peer.sync_sent_at = None
-        peer.mismatches = 0
-        changed = self.cache.merge(entries)
+    def on_tree_rep(self, peer: Peer, payload: dict) -> Message | None:
+        session = self._session(peer, "tree_req")
+        if session is None:
+            return None
+        groups = [g for g in payload["groups"] if g < FANOUT]
+        theirs = unpack(payload["leaves"])
+        if len(theirs) != len(groups) * FANOUT:
+            return self._fail("tree_rep has the wrong number of leaves")
+        leaves = []
+        for i, g in enumerate(groups):
+            mine = self.cache.digest.leaves[g * FANOUT:(g + 1) * FANOUT]
+            leaves += [g * FANOUT + j for j in differing(mine, theirs[i * FANOUT:(i + 1) * FANOUT])]
+        if not leaves:
+            return self._finish(peer)
+        session.more = len(leaves) > LEAF_BATCH
+        leaves = leaves[:LEAF_BATCH]
+        session.stage = "diff_req"
+        versions = [[k, key, hlc, origin] for k, key, hlc, origin, _, _ in self.cache.in_leaves(leaves)]
+        return "diff_req", {"leaves": leaves, "versions": versions}
+
+    def on_diff_rep(self, peer: Peer, payload: dict) -> tuple[list, Message | None, bool]:
+        """Merge what we lacked; return (entries new here, the push of what they lack, more to do)."""
+        session = self._session(peer, "diff_req")
+        if session is None:
+            return [], None, False
+        changed = self._merge(payload["entries"])
+        wanted = []
+        for kind, key in payload["want"]:
+            item = self.cache.get(kind, key)
+            if item is not None:
+                wanted.append([kind, key, *item])
+        self.stats["repair_entries_out"] += len(wanted)
+        self._finish(peer)
+        return changed, ("push", {"entries": wanted}) if wanted else None, session.more
+
+    def _finish(self, peer: Peer) -> None:
         self.stats["repairs_done"] += 1
+        peer.mismatches = 0
+        self.active = None
+        return None
+
+    def _fail(self, why: str) -> None:
+        self.stats["repairs_failed"] += 1
+        log.warning("repair with %s failed: %s", self.active.peer if self.active else "?", why)
+        self.active = None
+        return None
+
+    # ---- the side that answers ------------------------------------------
+
+    def answer_tree(self, payload: dict) -> Message:
+        digest = self.cache.digest
+        if payload["root"] == digest.root:
+            return "tree_rep", {"groups": [], "leaves": b""}
+        groups = differing(digest.groups, unpack(payload["groups"]))
+        return "tree_rep", {"groups": groups, "leaves": digest.leaf_bytes(groups)}
+
+    def answer_diff(self, payload: dict) -> Message:
+        """Send what they lack or hold older; ask for what we lack or hold older."""
+        leaves = [leaf for leaf in payload["leaves"] if leaf < LEAVES][:LEAF_BATCH]
+        theirs = {(k, key): (hlc, origin) for k, key, hlc, origin in payload["versions"]}
+        send = []
+        for entry in self.cache.in_leaves(leaves):
+            version = theirs.pop((entry[0], entry[1]), None)
+            if version is None or version < (entry[2], entry[3]):
+                send.append(entry)
+            elif version > (entry[2], entry[3]):
+                theirs[(entry[0], entry[1])] = version  # theirs is newer: want it
+        want = [[k, key] for k, key in theirs]
+        self.stats["repairs_answered"] += 1
+        self.stats["repair_entries_out"] += len(send)
+        return "diff_rep", {"entries": send, "want": want}
+
+    def on_push(self, entries: list) -> list:
+        return self._merge(entries)
+
+    def snapshot(self, their_digest: bytes) -> Message:
+        """The whole cache: kept as the baseline that the benchmark compares repair with."""
+        entries = [] if their_digest == self.cache.digest.root else list(self.cache.entries())
+        return "sync_rep", {"entries": entries, "digest": self.cache.digest.root}
+
+    def _merge(self, entries: list) -> list:
+        changed = self.cache.merge(entries)
         self.stats["repair_entries_in"] += len(entries)
-        self.stats["repair_bytes_in"] += size
         if changed:
-            log.info("repair with %s brought %d new entries", peer.name, len(changed))
+            log.info("repair brought %d new entries", len(changed))
         return changed

@@ -46,8 +46,13 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # peer socket (DEALER -> ROUTER and back)
     "announce": {"bus": str, "peer": str},
     "ack": {},
-    "sync_req": {"digest": bytes},
+    "sync_req": {"digest": bytes},                      # full snapshot: the baseline, and for tools
     "sync_rep": {"entries": list, "digest": bytes},
+    "tree_req": {"root": bytes, "groups": bytes},       # repair, step 1: my group hashes
+    "tree_rep": {"groups": list, "leaves": bytes},      # step 2: my leaves of the groups that differ
+    "diff_req": {"leaves": list, "versions": list},     # step 3: my versions in the leaves that differ
+    "diff_rep": {"entries": list, "want": list},        # step 4: what you lack, and what I lack
+    "push": {"entries": list},                          # step 5: what you lacked
     "ping": {"n": int, "t": float},
     "pong": {"n": int, "t": float},
     # ipc socket (client -> daemon and back)
@@ -120,7 +125,7 @@ def decode(key: bytes, frame: bytes) -> Envelope:
     if not isinstance(sender, str) or not NAME_RE.match(sender):
         raise WireError("malformed", "bad sender")
     for name, value in (("incarnation", incarnation), ("seq", seq)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
+        if not _uint(value):
             raise WireError("malformed", f"bad {name}")
     _check_payload(type_, payload)
     return Envelope(version, type_, sender, incarnation, seq, payload)
@@ -141,23 +146,54 @@ def _check_payload(type_: str, payload: Any) -> None:
     if schema.get("entries") is list:
         for entry in payload["entries"]:
             check_entry(entry)
+    for item in payload.get("versions", ()):
+        check_version(item)
+    for item in payload.get("want", ()):
+        check_key(item)
+    for name in ("groups", "leaves"):
+        if isinstance(payload.get(name), list) and not all(_uint(i) and i < 2**16 for i in payload[name]):
+            raise WireError("schema", f"{type_}.{name} holds a bad index")
 
 
 def check_entry(entry: Any) -> None:
     """An entry is [kind, key, hlc, origin, value-or-None, expires_ms]."""
-    if not isinstance(entry, list) or len(entry) != 6:
-        raise WireError("schema", "entry is not a 6-item array")
-    kind, key, hlc_, origin, value, expires = entry
-    if kind not in ENTRY_KINDS or not isinstance(key, str) or not key or len(key) > 256:
-        raise WireError("schema", "bad entry kind or key")
-    if not isinstance(hlc_, int) or isinstance(hlc_, bool) or not 0 <= hlc_ <= MAX_SEQ:
-        raise WireError("schema", "bad entry version")
-    if not isinstance(origin, str) or not NAME_RE.match(origin):
-        raise WireError("schema", "bad entry origin")
+    _check_items(entry, 6)
+    kind, _, _, _, value, expires = entry
+    _check_version(entry)
     if value is not None:
         schema = VALUE_SCHEMA[kind]
         if not isinstance(value, dict) or value.keys() != schema.keys() or not all(
                 isinstance(value[k], t) for k, t in schema.items()):
             raise WireError("schema", f"bad {kind} entry value")
-    if not isinstance(expires, int) or isinstance(expires, bool) or expires < 0:
+    if not _uint(expires):
         raise WireError("schema", "bad entry expiry")
+
+
+def check_version(item: Any) -> None:
+    """A version is [kind, key, hlc, origin]: an entry without its value."""
+    _check_items(item, 4)
+    _check_version(item)
+
+
+def check_key(item: Any) -> None:
+    """A key is [kind, key]."""
+    _check_items(item, 2)
+
+
+def _check_items(item: Any, size: int) -> None:
+    if not isinstance(item, list) or len(item) != size:
+        raise WireError("schema", f"expected a {size}-item array")
+    kind, key = item[0], item[1]
+    if kind not in ENTRY_KINDS or not isinstance(key, str) or not key or len(key) > 256:
+        raise WireError("schema", "bad entry kind or key")
+
+
+def _check_version(item: list) -> None:
+    if not _uint(item[2]):
+        raise WireError("schema", "bad entry version")
+    if not isinstance(item[3], str) or not NAME_RE.match(item[3]):
+        raise WireError("schema", "bad entry origin")
+
+
+def _uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ
