@@ -10,6 +10,7 @@ that writes to the database, hands its insert to the worker thread.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import uuid
 from datetime import datetime, timezone
@@ -142,7 +143,11 @@ class Control:
                "bus": d.bus.endpoint, "peer": d.peer_endpoint, "cache": d.cache.counts(),
                "digest": d.cache.digest.root.hex(), "seq": d.bus_codec.seq,
                "stats": dict(sorted(d.stats.items())),
-               "blocked": sorted(d.blocked), "loss": d.loss, "peers_up": d.membership.up_names()})
+               "blocked": sorted(d.blocked), "loss": d.loss, "peers_up": d.membership.up_names(),
+               # for `logonmesh status`: which process, its timings, and who watches its sockets
+               "pid": os.getpid(), "started_at": d.started_at, "heartbeat_ms": d.settings.heartbeat_ms,
+               "down_after_ms": d.settings.down_after_ms,
+               "monitor": d.monitor.view() if getattr(d, "monitor", None) else None})
 
     def op_peers(self, reply: Reply) -> None:
         d = self.d

@@ -28,6 +28,7 @@ from daemon.control import Control
 from daemon.config import Settings, ensure_run_dir, resolve_cookie
 from daemon.hlc import HLC
 from daemon.membership import Membership, Peer, monotonic_ms
+from daemon.monitor import MonitorFeed, open_feed
 from daemon.store import UserStore
 from daemon.sync import Repairs
 from daemon.worker import Worker
@@ -83,6 +84,7 @@ class Daemon:
         self.router: zmq.Socket | None = None
         self.bus: Bus | None = None
         self.membership: Membership | None = None
+        self.monitor: MonitorFeed | None = None
 
     # ---- start and stop -------------------------------------------------
 
@@ -124,8 +126,13 @@ class Daemon:
         self.membership = Membership(self.name, self.ctx, s.down_after_ms,
                                      STALE_ROW_FACTOR * s.down_after_ms)
         self.repairs = Repairs(self.cache, self.stats, timeout_ms=max(1000, 3 * s.heartbeat_ms))
+        self.monitor = open_feed(self.ctx, s.run_dir, wire.Codec(self.cookie, self.name, self.incarnation),
+                                 {"bus-pub": self.bus.pub, "bus-sub": self.bus.sub, "peer-router": self.router})
 
     def _unbind(self) -> None:
+        if self.monitor is not None:  # first: its monitors must be disabled before their sockets close
+            self.monitor.close()
+            self.monitor = None
         if self.membership is not None:
             for peer in self.membership.peers.values():
                 peer.close()
@@ -173,6 +180,8 @@ class Daemon:
         }
         for sock in handlers:
             poller.register(sock, zmq.POLLIN)
+        if self.monitor is not None:
+            self.monitor.attach(poller, handlers)
         dealers: dict[zmq.Socket, Peer] = {}
         try:
             while not self._stopping:

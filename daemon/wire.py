@@ -58,6 +58,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # ipc socket (client -> daemon and back)
     "req": {"id": int, "op": str, "args": dict},
     "rep": {"id": int, "ok": bool, "result": (dict, list, type(None)), "error": (str, type(None))},
+    # monitor feed (daemon XPUB over ipc -> `logonmesh monitor`): one zmq socket event
+    "mon": {"socket": str, "event": str, "endpoint": str, "value": int, "t": float},
 }
 
 
