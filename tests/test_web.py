@@ -1,0 +1,348 @@
+"""The web front end, end to end: real daemons, real web processes, real HTTP.
+
+Two nodes are started once for the module (start-up dominates the run time);
+each test uses its own usernames so the tests do not see each other's users.
+The daemon-down tests come last and put the node back as they found it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from typing import Iterator
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from daemon.testing import Browser, LocalCluster, Node, eventually
+from web.sessions import is_local_path
+
+PASSWORD = "correct horse battery"
+DOWN_DEADLINE_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[LocalCluster]:
+    """Shadows the plugin's per-test fixture, so failing tests still get every node's logs attached."""
+    with LocalCluster(heartbeat_ms=100) as cluster:
+        cluster.start_nodes("node", 2)
+        yield cluster
+
+
+@pytest.fixture
+def nodes(local_cluster: LocalCluster) -> tuple[Node, Node]:
+    n1, n2 = local_cluster.nodes
+    return n1, n2
+
+
+def new_username(tag: str = "user") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}"
+
+
+def stored(node: Node, username: str) -> dict | None:
+    return node.client.call("user", username=username)
+
+
+def signed_up(node: Node, tag: str = "user") -> tuple[Browser, str]:
+    """A fresh browser with a new account on `node`."""
+    b, username = Browser(node.url), new_username(tag)
+    resp = b.signup(username, PASSWORD)
+    assert (resp.status_code, resp.headers.get("Location")) == (302, "/"), resp.text[:500]
+    return b, username
+
+
+def logged_in(node: Node, tag: str = "user") -> tuple[Browser, str]:
+    b, username = signed_up(node, tag)
+    resp = b.login(username, PASSWORD)
+    assert (resp.status_code, resp.headers.get("Location")) == (302, "/budget"), resp.text[:500]
+    return b, username
+
+
+def assert_form_with_error(resp: requests.Response, text: str | None = None) -> None:
+    assert resp.status_code == 200, resp.text[:500]
+    assert "<form" in resp.text and 'name="csrf_token"' in resp.text
+    assert 'class="error"' in resp.text
+    if text is not None:
+        assert text in resp.text
+
+
+# ---- across nodes -----------------------------------------------------------
+
+def test_signup_on_node1_logs_in_on_node2(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    b1, username = Browser(n1.url), new_username("across")
+    b1.get("/signup")
+    resp = b1.post_form("/signup", {"username": username, "password": PASSWORD})
+    signed_up_at = time.perf_counter()
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/")
+
+    b2 = Browser(n2.url)  # another person's browser: no cookies shared with b1
+
+    def login_on_node2() -> None:
+        resp = b2.login(username, PASSWORD)
+        assert (resp.status_code, resp.headers.get("Location")) == (302, "/budget")
+
+    eventually(login_on_node2, timeout=5.0)
+    print(f"\nsign-up on node1 to first successful login on node2: "
+          f"{(time.perf_counter() - signed_up_at) * 1000:.1f} ms")
+    page = b2.get("/budget")
+    assert page.status_code == 200
+    assert f'<strong class="username">{username}</strong>' in page.text
+    assert '<strong class="served-by">node2</strong>' in page.text
+
+
+def test_session_cookie_is_httponly_lax_and_works_on_both_nodes(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    b, username = logged_in(n1)
+    set_cookie = b.last.headers["Set-Cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie
+    assert b.get("/budget").status_code == 200
+    eventually(lambda: _assert_serves_budget(b.at(n2.url), username, "node2"))
+
+
+def _assert_serves_budget(b: Browser, username: str, node_name: str) -> None:
+    page = b.get("/budget")
+    assert page.status_code == 200, page.status_code
+    assert username in page.text and f'class="served-by">{node_name}<' in page.text
+
+
+def test_each_login_gets_a_new_token(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b, username = logged_in(n1)
+    first = b.session.cookies.copy()
+    assert b.login(username, PASSWORD).status_code == 302
+    old = Browser(n1.url, requests.Session())
+    old.session.cookies.update(first)
+    eventually(lambda: _assert_redirects_to_login(old))  # the replaced token was revoked
+    assert b.get("/budget").status_code == 200
+
+
+# ---- redirects --------------------------------------------------------------
+
+def test_budget_without_session_redirects_and_login_returns_there(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b, username = signed_up(n1)
+    resp = b.get("/budget?month=2024-05")
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/")
+    resp = b.login(username, PASSWORD)
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/budget?month=2024-05")
+    resp = b.login(username, PASSWORD)  # the path is used once, then the default applies
+    assert resp.headers["Location"] == "/budget"
+
+
+@pytest.mark.parametrize("target", [
+    "//evil.example/x", "http://evil.example/", "https://evil.example/x", "/\\evil.example/x",
+    "/\t/evil.example/x", "javascript:alert(1)", "evil.example",
+])
+def test_foreign_return_path_is_never_followed(nodes: tuple[Node, Node], target: str) -> None:
+    n1, _ = nodes
+    b, username = signed_up(n1, "redirect")
+    b.get("/budget")  # remembers /budget
+    b.get(f"/?next={quote(target, safe='')}")
+    resp = b.post_form("/", {"username": username, "password": PASSWORD})
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/budget")
+
+    fresh = Browser(n1.url)  # nothing remembered before the foreign path
+    fresh.get(f"/?next={quote(target, safe='')}")
+    resp = fresh.post_form("/", {"username": username, "password": PASSWORD})
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/budget")
+
+
+def test_local_return_path_from_query_is_followed(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b, username = signed_up(n1)
+    b.get("/?next=/budget%3Fyear%3D2025")
+    resp = b.post_form("/", {"username": username, "password": PASSWORD})
+    assert resp.headers["Location"] == "/budget?year=2025"
+
+
+@pytest.mark.parametrize(("target", "local"), [
+    ("/budget", True), ("/budget?x=1", True), ("/a/b#c", True),
+    ("//evil.example/x", False), ("http://evil.example/", False), ("/\\evil.example", False),
+    ("/x\\y", False), ("/\r\nLocation: x", False), ("", False), (None, False), ("budget", False),
+    ("///evil.example", False), ("https:/evil.example", False),
+])
+def test_is_local_path(target: str | None, local: bool) -> None:
+    assert is_local_path(target) is local
+
+
+# ---- logout -----------------------------------------------------------------
+
+def test_logout_on_node1_refuses_the_same_cookie_on_node2(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    b, username = logged_in(n1, "logout")
+    eventually(lambda: _assert_serves_budget(b.at(n2.url), username, "node2"))
+    copied = requests.Session()
+    copied.cookies.update(b.session.cookies)  # the cookie as it was before logging out
+
+    resp = b.logout()
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/")
+    assert b.get("/budget").status_code == 302
+
+    eventually(lambda: _assert_redirects_to_login(Browser(n2.url, copied)), timeout=2.0)
+    _assert_redirects_to_login(Browser(n1.url, copied))
+
+
+def _assert_redirects_to_login(b: Browser) -> None:
+    resp = b.get("/budget")
+    assert (resp.status_code, resp.headers.get("Location")) == (302, "/"), resp.status_code
+
+
+# ---- bad input --------------------------------------------------------------
+
+@pytest.mark.parametrize(("username", "password", "message"), [
+    ("", PASSWORD, "Choose a username"),
+    ("u" * 65, PASSWORD, "at most 64"),
+    ("bell\x07user", PASSWORD, "printable"),
+    ("new\nline", PASSWORD, "printable"),
+    ("nul\x00byte", PASSWORD, "printable"),
+    (" padded", PASSWORD, "start or end with a space"),
+    ("padded ", PASSWORD, "start or end with a space"),
+    (None, "seven77", "8 to 1024"),
+    (None, "p" * 1025, "8 to 1024"),
+])
+def test_bad_signup_input_shows_the_form_and_stores_nothing(
+        nodes: tuple[Node, Node], username: str | None, password: str, message: str) -> None:
+    n1, _ = nodes
+    username = new_username("bad") if username is None else username
+    b = Browser(n1.url)
+    b.get("/signup")
+    resp = b.post_form("/signup", {"username": username, "password": password})
+    assert_form_with_error(resp, message)
+    assert stored(n1, username) is None
+
+
+def test_boundary_lengths_are_accepted(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    username = ("b" + uuid.uuid4().hex * 2)[:64]
+    b = Browser(n1.url)
+    assert b.signup(username, "p" * 1024).status_code == 302
+    assert b.login(username, "p" * 1024).headers["Location"] == "/budget"
+    assert Browser(n1.url).signup(new_username("eight"), "8 chars!").status_code == 302
+
+
+def test_duplicate_username_shows_the_form_and_keeps_the_first(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    _, username = signed_up(n1, "dup")
+    before = stored(n1, username)
+    b = Browser(n1.url)
+    b.get("/signup")
+    assert_form_with_error(b.post_form("/signup", {"username": username, "password": "another password"}),
+                           "taken")
+    assert stored(n1, username) == before
+    assert b.login(username, PASSWORD).status_code == 302
+
+    eventually(lambda: _assert_stored(n2, username))
+    b2 = Browser(n2.url)
+    b2.get("/signup")
+    assert_form_with_error(b2.post_form("/signup", {"username": username, "password": "third password"}),
+                           "taken")
+    assert stored(n1, username) == before
+
+
+def _assert_stored(node: Node, username: str) -> None:
+    assert stored(node, username) is not None, f"{username} is not on {node.name} yet"
+
+
+def test_wrong_password_or_unknown_user_gets_the_form_with_an_error(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b, username = signed_up(n1)
+    assert_form_with_error(b.login(username, "not the password"), "Wrong username or password")
+    assert_form_with_error(b.login(new_username("nobody"), PASSWORD), "Wrong username or password")
+    assert_form_with_error(b.login("", ""), None)
+    assert b.get("/budget").status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/signup", "/", "/logout"])
+def test_post_without_a_valid_csrf_token_gets_400(nodes: tuple[Node, Node], path: str) -> None:
+    n1, _ = nodes
+    username = new_username("csrf")
+    data = {"username": username, "password": PASSWORD}
+    b = Browser(n1.url)
+    b.get(path if path != "/logout" else "/")
+
+    missing = b.post_form(path, data, csrf=False)
+    invalid = b.post_form(path, dict(data, csrf_token="not-a-token"))
+    other_session = Browser(n1.url).post_form(path, dict(data, csrf_token=b.csrf_token))
+    for resp in (missing, invalid, other_session):
+        assert resp.status_code == 400, resp.text[:300]
+        assert "Traceback" not in resp.text and "<html" in resp.text
+    assert stored(n1, username) is None
+
+
+def test_body_over_64_kib_gets_413_page(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    username = new_username("big")
+    b = Browser(n1.url)
+    b.get("/signup")
+    resp = b.post_form("/signup", {"username": username, "password": "x" * (64 * 1024)})
+    assert resp.status_code == 413
+    assert "64 KiB" in resp.text and "Traceback" not in resp.text
+    assert stored(n1, username) is None
+
+
+def test_unknown_route_is_a_page(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    resp = requests.get(f"{n1.url}/nope", timeout=5)
+    assert resp.status_code == 404 and "<html" in resp.text
+    assert requests.get(f"{n1.url}/logout", timeout=5).status_code == 405
+
+
+def test_healthz_reports_node_and_peers(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    resp = requests.get(f"{n1.url}/healthz", timeout=5)
+    assert resp.status_code == 200
+    assert resp.json() == {"node": "node1", "daemon": True, "peers_up": ["node2"]}
+    assert requests.get(f"{n2.url}/static/style.css", timeout=5).status_code == 200
+
+
+# ---- daemon down (last: they disturb node1, and put it back) ----------------
+
+def timed_get(b: Browser, path: str) -> tuple[requests.Response, float]:
+    started = time.perf_counter()
+    resp = b.get(path)
+    return resp, time.perf_counter() - started
+
+
+def test_daemon_stopped_gives_503_fast_then_recovers(local_cluster: LocalCluster,
+                                                    nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b, username = logged_in(n1, "down")
+    web_pid = n1.web.pid
+    n1.daemon.stop()
+    try:
+        _assert_down(n1, b, username)
+    finally:
+        n1.daemon.start()
+        local_cluster.wait_ready()
+    assert n1.web.pid == web_pid and n1.web.alive
+    eventually(lambda: _assert_serves_budget(b, username, "node1"), timeout=5.0)
+    assert Browser(n1.url).login(username, PASSWORD).status_code == 302
+
+
+def test_daemon_frozen_gives_503_within_2s_then_recovers(local_cluster: LocalCluster,
+                                                        nodes: tuple[Node, Node]) -> None:
+    """SIGSTOP keeps the socket open but silent: the client's timeout, not a missing file, answers."""
+    n1, _ = nodes
+    b, username = logged_in(n1, "frozen")
+    n1.daemon.signal(signal.SIGSTOP)
+    try:
+        _assert_down(n1, b, username)
+    finally:
+        n1.daemon.signal(signal.SIGCONT)
+        local_cluster.wait_ready()
+    eventually(lambda: _assert_serves_budget(b, username, "node1"), timeout=5.0)
+
+
+def _assert_down(n1: Node, b: Browser, username: str) -> None:
+    resp, took = timed_get(b, "/budget")
+    assert resp.status_code == 503 and took < DOWN_DEADLINE_S, (resp.status_code, took)
+    assert "not answering" in resp.text and "node1" in resp.text
+    health = requests.get(f"{n1.url}/healthz", timeout=5)
+    assert health.status_code == 503 and health.json()["daemon"] is False
+    assert b.get("/").status_code == 200  # forms still render without the daemon
+    started = time.perf_counter()
+    resp = b.post_form("/", {"username": username, "password": PASSWORD})
+    assert resp.status_code == 503 and time.perf_counter() - started < DOWN_DEADLINE_S
