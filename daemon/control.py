@@ -195,7 +195,7 @@ def check_args(op: str, args: dict) -> str | None:
     if schema is None:
         return f"unknown op {op[:40]!r}"
     if args.keys() != schema.keys():
-        return f"{op} takes {sorted(schema)}, got {sorted(args)[:10]}"
+        return f"{op} takes {sorted(schema)}, got {sorted(args, key=repr)[:10]}"
     for name, kind in schema.items():
         if not isinstance(args[name], kind) or (kind is int and isinstance(args[name], bool)):
             return f"{op}.{name} must be {getattr(kind, '__name__', kind)}"

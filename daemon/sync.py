@@ -8,9 +8,12 @@ differ, both ways in one exchange::
 
     A -> B  tree_req  {root, groups}         A's 64 group hashes
     B -> A  tree_rep  {groups, leaves}       B's leaves of the groups that differ
-    A -> B  diff_req  {leaves, versions}     A's versions in the leaves that differ
-    B -> A  diff_rep  {entries, want}        what A lacks, and the keys B lacks
-    A -> B  push      {entries}              what B lacked
+    A -> B  diff_req  {leaves, hashes}       8-byte hashes of A's entries in the leaves that differ
+    B -> A  diff_rep  {entries, want}        B's entries A has no hash for; A's hashes B lacks
+    A -> B  push      {entries}              the entries B asked for
+
+An entry's hash covers its key and version, so an entry that differs at all
+travels, and last-writer-wins on each side keeps the newer one.
 
 Every step is merged with the same idempotent rules as a bus merge, so a
 repair that stops halfway leaves both sides valid and is simply run again.
@@ -28,7 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from daemon.cache import Cache
-from daemon.digest import FANOUT, LEAVES, differing, unpack
+from daemon.digest import FANOUT, LEAVES, differing, entry_hash, unpack
+from daemon.wire import SHORT_HASH
 from daemon.membership import Peer, monotonic_ms
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ class Session:
     reason: str
     started: float = field(default_factory=monotonic_ms)
     stage: str = "tree_req"
+    leaves: list[int] = field(default_factory=list)
     more: bool = False          # leaves were left for another exchange
 
 
@@ -97,22 +102,19 @@ class Repairs:
         if not leaves:
             return self._finish(peer)
         session.more = len(leaves) > LEAF_BATCH
-        leaves = leaves[:LEAF_BATCH]
+        session.leaves = leaves[:LEAF_BATCH]
         session.stage = "diff_req"
-        versions = [[k, key, hlc, origin] for k, key, hlc, origin, _, _ in self.cache.in_leaves(leaves)]
-        return "diff_req", {"leaves": leaves, "versions": versions}
+        hashes = b"".join(self._hashed(session.leaves))
+        return "diff_req", {"leaves": session.leaves, "hashes": hashes}
 
     def on_diff_rep(self, peer: Peer, payload: dict) -> tuple[list, Message | None, bool]:
         """Merge what we lacked; return (entries new here, the push of what they lack, more to do)."""
         session = self._session(peer, "diff_req")
         if session is None:
             return [], None, False
+        want = set(split(payload["want"]))
+        wanted = [entry for h, entry in self._hashed(session.leaves).items() if h in want]
         changed = self._merge(payload["entries"])
-        wanted = []
-        for kind, key in payload["want"]:
-            item = self.cache.get(kind, key)
-            if item is not None:
-                wanted.append([kind, key, *item])
         self.stats["repair_entries_out"] += len(wanted)
         self._finish(peer)
         return changed, ("push", {"entries": wanted}) if wanted else None, session.more
@@ -139,20 +141,18 @@ class Repairs:
         return "tree_rep", {"groups": groups, "leaves": digest.leaf_bytes(groups)}
 
     def answer_diff(self, payload: dict) -> Message:
-        """Send what they lack or hold older; ask for what we lack or hold older."""
+        """Send the entries they have no hash for; ask for the hashes we have no entry for."""
         leaves = [leaf for leaf in payload["leaves"] if leaf < LEAVES][:LEAF_BATCH]
-        theirs = {(k, key): (hlc, origin) for k, key, hlc, origin in payload["versions"]}
-        send = []
-        for entry in self.cache.in_leaves(leaves):
-            version = theirs.pop((entry[0], entry[1]), None)
-            if version is None or version < (entry[2], entry[3]):
-                send.append(entry)
-            elif version > (entry[2], entry[3]):
-                theirs[(entry[0], entry[1])] = version  # theirs is newer: want it
-        want = [[k, key] for k, key in theirs]
+        theirs = set(split(payload["hashes"]))
+        mine = self._hashed(leaves)
+        send = [entry for h, entry in mine.items() if h not in theirs]
+        want = b"".join(h for h in theirs if h not in mine)
         self.stats["repairs_answered"] += 1
         self.stats["repair_entries_out"] += len(send)
         return "diff_rep", {"entries": send, "want": want}
+
+    def _hashed(self, leaves: list[int]) -> dict[bytes, list]:
+        return {short_hash(e): e for e in self.cache.in_leaves(leaves)}
 
     def on_push(self, entries: list) -> list:
         return self._merge(entries)
@@ -168,3 +168,11 @@ class Repairs:
         if changed:
             log.info("repair brought %d new entries", len(changed))
         return changed
+
+
+def short_hash(entry: list) -> bytes:
+    return entry_hash(entry[0], entry[1], entry[2], entry[3]).to_bytes(16, "little")[:SHORT_HASH]
+
+
+def split(data: bytes) -> list[bytes]:
+    return [data[i:i + SHORT_HASH] for i in range(0, len(data), SHORT_HASH)]

@@ -28,6 +28,7 @@ from daemon.config import NAME_RE
 
 VERSION = 1
 MAC_SIZE = 32
+SHORT_HASH = 8  # bytes of an entry hash that a repair uses to name an entry
 MAX_SEQ = 2**64 - 1
 
 # An entry of the replicated cache: [kind, key, hlc, origin, value, expires_ms].
@@ -50,8 +51,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sync_rep": {"entries": list, "digest": bytes},
     "tree_req": {"root": bytes, "groups": bytes},       # repair, step 1: my group hashes
     "tree_rep": {"groups": list, "leaves": bytes},      # step 2: my leaves of the groups that differ
-    "diff_req": {"leaves": list, "versions": list},     # step 3: my versions in the leaves that differ
-    "diff_rep": {"entries": list, "want": list},        # step 4: what you lack, and what I lack
+    "diff_req": {"leaves": list, "hashes": bytes},      # step 3: short hashes of my entries in those leaves
+    "diff_rep": {"entries": list, "want": bytes},       # step 4: what you lack, and hashes of what I lack
     "push": {"entries": list},                          # step 5: what you lacked
     "ping": {"n": int, "t": float},
     "pong": {"n": int, "t": float},
@@ -138,7 +139,7 @@ def _check_payload(type_: str, payload: Any) -> None:
     if not isinstance(payload, dict):
         raise WireError("malformed", "payload is not a map")
     if payload.keys() != schema.keys():
-        unknown = sorted(set(payload) - set(schema))
+        unknown = sorted(set(payload) - set(schema), key=repr)  # keys may be str and bin at once
         missing = sorted(set(schema) - set(payload))
         raise WireError("schema", f"{type_}: unknown {unknown} missing {missing}")
     for name, kind in schema.items():
@@ -148,10 +149,9 @@ def _check_payload(type_: str, payload: Any) -> None:
     if schema.get("entries") is list:
         for entry in payload["entries"]:
             check_entry(entry)
-    for item in payload.get("versions", ()):
-        check_version(item)
-    for item in payload.get("want", ()):
-        check_key(item)
+    for name in ("hashes", "want"):
+        if isinstance(payload.get(name), bytes) and len(payload[name]) % SHORT_HASH:
+            raise WireError("schema", f"{type_}.{name} is not a whole number of hashes")
     for name in ("groups", "leaves"):
         if isinstance(payload.get(name), list) and not all(_uint(i) and i < 2**16 for i in payload[name]):
             raise WireError("schema", f"{type_}.{name} holds a bad index")
@@ -159,9 +159,15 @@ def _check_payload(type_: str, payload: Any) -> None:
 
 def check_entry(entry: Any) -> None:
     """An entry is [kind, key, hlc, origin, value-or-None, expires_ms]."""
-    _check_items(entry, 6)
-    kind, _, _, _, value, expires = entry
-    _check_version(entry)
+    if not isinstance(entry, list) or len(entry) != 6:
+        raise WireError("schema", "entry is not a 6-item array")
+    kind, key, hlc_, origin, value, expires = entry
+    if kind not in ENTRY_KINDS or not isinstance(key, str) or not key or len(key) > 256:
+        raise WireError("schema", "bad entry kind or key")
+    if not _uint(hlc_):
+        raise WireError("schema", "bad entry version")
+    if not isinstance(origin, str) or not NAME_RE.match(origin):
+        raise WireError("schema", "bad entry origin")
     if value is not None:
         schema = VALUE_SCHEMA[kind]
         if not isinstance(value, dict) or value.keys() != schema.keys() or not all(
@@ -169,32 +175,6 @@ def check_entry(entry: Any) -> None:
             raise WireError("schema", f"bad {kind} entry value")
     if not _uint(expires):
         raise WireError("schema", "bad entry expiry")
-
-
-def check_version(item: Any) -> None:
-    """A version is [kind, key, hlc, origin]: an entry without its value."""
-    _check_items(item, 4)
-    _check_version(item)
-
-
-def check_key(item: Any) -> None:
-    """A key is [kind, key]."""
-    _check_items(item, 2)
-
-
-def _check_items(item: Any, size: int) -> None:
-    if not isinstance(item, list) or len(item) != size:
-        raise WireError("schema", f"expected a {size}-item array")
-    kind, key = item[0], item[1]
-    if kind not in ENTRY_KINDS or not isinstance(key, str) or not key or len(key) > 256:
-        raise WireError("schema", "bad entry kind or key")
-
-
-def _check_version(item: list) -> None:
-    if not _uint(item[2]):
-        raise WireError("schema", "bad entry version")
-    if not isinstance(item[3], str) or not NAME_RE.match(item[3]):
-        raise WireError("schema", "bad entry origin")
 
 
 def _uint(value: Any) -> bool:

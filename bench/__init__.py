@@ -1,0 +1,1 @@
+"""Benchmarks: real processes, each figure beside a baseline measured in the same run."""
