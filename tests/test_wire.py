@@ -1,0 +1,412 @@
+"""The wire format (daemon/wire.py), checked against the spec in docs/wire.md.
+
+Frames are built here independently of ``Codec`` (msgpack + HMAC by hand, as
+the spec describes them), so the tests pin the format itself and not just the
+codec's agreement with itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon import control, wire
+from daemon.wire import MAC_SIZE, SCHEMA, VALUE_SCHEMA, Codec, WireError, check_entry, decode, wire_key
+
+COOKIE = b"a cluster cookie"
+KEY = wire_key(COOKIE)
+NAMES = st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True)
+UINT64 = st.integers(0, 2**64 - 1)
+
+USER = ["u", "alice", 123 << 16, "0f" * 16,
+        {"id": "0f" * 16, "username": "alice", "password_hash": "scrypt:x", "created_at": "2026-01-01T00:00:00+00:00"},
+        0]
+SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 1_900_000_000_000]
+TOMBSTONE = ["s", "t" * 43, 125 << 16, "n2", None, 1_900_000_000_000]
+USER_TOMBSTONE = ["u", "bob", 5, "n1", None, 0]
+H16 = b"\x01" * 16
+
+# One valid payload per message type.  A type added to SCHEMA must be added here (and to docs/wire.md).
+SAMPLES: dict[str, dict[str, Any]] = {
+    "hb": {"size": 3, "digest": H16, "bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
+    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE]},
+    "announce": {"bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
+    "ack": {},
+    "sync_req": {"digest": H16},
+    "sync_rep": {"entries": [USER, SESSION], "digest": H16},
+    "tree_req": {"root": H16, "groups": H16 * 64},
+    "tree_rep": {"groups": [0, 63], "leaves": H16 * 128},
+    "diff_req": {"leaves": [0, 4095], "hashes": b"\x02" * 16},
+    "diff_rep": {"entries": [USER], "want": b"\x03" * 8},
+    "push": {"entries": [SESSION]},
+    "ping": {"n": 7, "t": 1.5},
+    "pong": {"n": 7, "t": 1.5},
+    "req": {"id": 1, "op": "user", "args": {"username": "alice"}},
+    "rep": {"id": 1, "ok": True, "result": {"user": "alice"}, "error": None},
+    "mon": {"socket": "bus-pub", "event": "ACCEPTED", "endpoint": "tcp://127.0.0.1:5000", "value": 12, "t": 1.5},
+}
+
+
+def pack(fields: Any) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def sign(body: bytes, key: bytes = KEY) -> bytes:
+    """frame = body || HMAC-SHA256(key, body), exactly as docs/wire.md says."""
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 1, sender: Any = "n1",
+             incarnation: Any = 9, seq: Any = 1) -> bytes:
+    return sign(pack([version, type_, sender, incarnation, seq, {} if payload is None else payload]))
+
+
+def reason_of(frame: bytes, key: bytes = KEY) -> str:
+    with pytest.raises(WireError) as info:
+        decode(key, frame)
+    assert isinstance(info.value, ValueError)
+    assert info.value.reason in str(info.value)
+    return info.value.reason
+
+
+# ---- the format itself -------------------------------------------------------
+
+
+def test_every_type_has_a_sample():
+    assert SAMPLES.keys() == SCHEMA.keys()
+
+
+def test_key_derivation_is_sha256_of_label_and_cookie():
+    assert wire_key(COOKIE) == hashlib.sha256(b"logonmesh/wire/v1" + COOKIE).digest()
+    assert len(KEY) == 32
+    assert wire_key(b"other") != KEY
+
+
+@pytest.mark.parametrize("type_", sorted(SAMPLES))
+def test_round_trip_every_type(type_):
+    codec = Codec(COOKIE, "n1", 42)
+    frame = codec.encode(type_, SAMPLES[type_])
+    env = decode(KEY, frame)
+    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (1, type_, "n1", 42, 1)
+    assert env.payload == SAMPLES[type_]
+    assert codec.decode(frame) == env
+
+
+def test_frame_layout_matches_the_spec():
+    codec = Codec(COOKIE, "node-7", 2**63)
+    frame = codec.encode("hb", SAMPLES["hb"])
+    body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
+    assert MAC_SIZE == 32
+    assert mac == hmac.new(KEY, body, hashlib.sha256).digest()
+    assert msgpack.unpackb(body, raw=False) == [1, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]
+    # bytes travel as msgpack bin, text as str: an independent encoder's frame is byte-identical
+    assert frame == sign(pack([1, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]))
+
+
+def test_independently_built_frame_decodes():
+    env = decode(KEY, envelope("req", SAMPLES["req"], sender="web_1", incarnation=0, seq=2**64 - 1))
+    assert (env.type, env.sender, env.incarnation, env.seq) == ("req", "web_1", 0, 2**64 - 1)
+
+
+def test_sequence_rises_by_one_per_message_and_stream():
+    bus, direct = Codec(COOKIE, "n1", 1), Codec(COOKIE, "n1", 1)
+    assert [decode(KEY, bus.encode("ack", {})).seq for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert decode(KEY, direct.encode("ack", {})).seq == 1
+
+
+@settings(max_examples=150)
+@given(sender=NAMES, incarnation=UINT64, seq=st.integers(0, 2**64 - 2),
+       args=st.dictionaries(st.text(max_size=10), st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1),
+                                                            st.text(max_size=20), st.binary(max_size=20)),
+                            max_size=5))
+def test_round_trip_property(sender, incarnation, seq, args):
+    codec = Codec(COOKIE, sender, incarnation)
+    codec.seq = seq
+    env = decode(KEY, codec.encode("req", {"id": seq, "op": "x", "args": args}))
+    assert (env.sender, env.incarnation, env.seq) == (sender, incarnation, seq + 1)
+    assert env.payload == {"id": seq, "op": "x", "args": args}
+
+
+# ---- integrity -------------------------------------------------------------------
+
+
+def test_wrong_key_is_a_bad_signature():
+    frame = Codec(b"another cluster", "n1", 1).encode("ack", {})
+    assert reason_of(frame) == "bad_signature"
+    assert reason_of(frame, key=COOKIE) == "bad_signature"  # the raw cookie is not the key
+
+
+def test_unsigned_body_is_rejected():
+    body = pack([1, "hb", "n1", 1, 1, SAMPLES["hb"]])
+    assert len(body) > MAC_SIZE
+    assert reason_of(body) == "bad_signature"
+    assert reason_of(pack([1, "ack", "n1", 1, 1, {}])) == "truncated"  # not even a MAC's worth of bytes
+
+
+@pytest.mark.parametrize("size", [0, 1, MAC_SIZE])
+def test_short_frames_are_truncated(size):
+    assert reason_of(b"\x00" * size) == "truncated"
+
+
+FRAME = Codec(COOKIE, "n1", 77).encode("merge", SAMPLES["merge"])
+
+
+@given(cut=st.integers(0, len(FRAME) - 1))
+def test_any_truncation_is_rejected(cut):
+    assert reason_of(FRAME[:cut]) == ("truncated" if cut <= MAC_SIZE else "bad_signature")
+
+
+@given(pos=st.integers(0, len(FRAME) - 1), flip=st.integers(1, 255))
+def test_a_mutated_byte_anywhere_is_rejected(pos, flip):
+    mutated = bytearray(FRAME)
+    mutated[pos] ^= flip
+    assert reason_of(bytes(mutated)) == "bad_signature"
+
+
+@given(extra=st.binary(min_size=1, max_size=40))
+def test_appended_bytes_are_rejected(extra):
+    assert reason_of(FRAME + extra) == "bad_signature"
+
+
+@given(junk=st.binary(max_size=300))
+def test_random_bytes_are_rejected(junk):
+    assert reason_of(junk) in ("truncated", "bad_signature")
+
+
+# ---- envelope checks (validly signed, wrong inside) ------------------------------
+
+
+@pytest.mark.parametrize("version", [0, 2, 255, "1", None, 1.0 + 0.5])
+def test_unknown_version(version):
+    assert reason_of(envelope(version=version)) == "unknown_version"
+
+
+@pytest.mark.parametrize("type_", ["nope", "HB", "", 7, None, b"hb", ["hb"]])
+def test_unknown_type(type_):
+    assert reason_of(envelope(type_)) == "unknown_type"
+
+
+@pytest.mark.parametrize("body", [
+    b"\xc1",                                   # a byte msgpack never uses
+    b"\x96\x01",                               # a 6-array cut short
+    b"\xa2\xff\xfe",                           # a str that is not UTF-8
+    pack([1, "ack", "n1", 1, 1, {}]) + b"\x00",  # trailing data
+    pack({"version": 1}),                      # not an array
+    pack(42),
+    pack([1, "ack", "n1", 1, 1]),              # 5 items
+    pack([1, "ack", "n1", 1, 1, {}, 0]),       # 7 items
+    pack([1, "ack", "n1", 1, 1, {1: 2}]),      # a map key that is neither str nor bin
+    pack([1, "ack", "n1", 1, 1, []]),          # payload not a map
+    pack([1, "ack", "n1", 1, 1, None]),
+], ids=lambda b: b[:12].hex())
+def test_malformed_bodies(body):
+    assert reason_of(sign(body)) == "malformed"
+
+
+@pytest.mark.parametrize("sender", ["", "BAD", "a b", "x" * 33, "é", 5, None, b"n1"])
+def test_bad_sender(sender):
+    assert reason_of(envelope(sender=sender)) == "malformed"
+
+
+@pytest.mark.parametrize("field", ["incarnation", "seq"])
+@pytest.mark.parametrize("value", [-1, True, 1.5, "1", None, b"\x01"])
+def test_bad_incarnation_or_seq(field, value):
+    assert reason_of(envelope(**{field: value})) == "malformed"
+
+
+# ---- payload schema -----------------------------------------------------------
+
+CANDIDATES = [1, 2.5, "text", b"bin", [], {}, None, True]
+
+
+def _bad_values(kind: type | tuple) -> list:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    bad = [v for v in CANDIDATES if not isinstance(v, kinds)]
+    if int in kinds:
+        bad.append(True)  # a bool is not an int on this wire
+    return bad
+
+
+SCHEMA_CASES = [(t, f, v) for t, fields in SCHEMA.items() for f, k in fields.items() for v in _bad_values(k)]
+
+
+@pytest.mark.parametrize("type_,field", [(t, f) for t, fields in SCHEMA.items() for f in fields])
+def test_missing_field(type_, field):
+    payload = dict(SAMPLES[type_])
+    del payload[field]
+    assert reason_of(envelope(type_, payload)) == "schema"
+
+
+@pytest.mark.parametrize("type_", sorted(SCHEMA))
+def test_unknown_field(type_):
+    assert reason_of(envelope(type_, dict(SAMPLES[type_], extra=1))) == "schema"
+
+
+@pytest.mark.parametrize("type_,field,value", SCHEMA_CASES, ids=[f"{t}.{f}={v!r}" for t, f, v in SCHEMA_CASES])
+def test_wrong_type(type_, field, value):
+    assert reason_of(envelope(type_, dict(SAMPLES[type_], **{field: value}))) == "schema"
+
+
+@pytest.mark.parametrize("payload", [
+    {"size": 3, "digest": H16, "bus": "b", "peer": "p", b"bin-key": 1, "text-key": 2},
+    {b"size": 3, "digest": H16, "bus": "b", "peer": "p"},
+])
+def test_mixed_key_types_are_a_schema_error(payload):
+    """Keys may arrive as bin as well as str; naming the odd ones out must not crash."""
+    assert reason_of(envelope("hb", payload)) == "schema"
+
+
+def _entry(i: int, value: Any) -> list:
+    entry = list(USER)
+    entry[i] = value
+    return entry
+
+
+GOOD_VALUE = USER[4]
+BAD_ENTRIES = {
+    "not a list": "u",
+    "a map": {"kind": "u"},
+    "5 items": USER[:5],
+    "7 items": USER + [0],
+    "kind x": _entry(0, "x"),
+    "kind None": _entry(0, None),
+    "kind bin": _entry(0, b"u"),
+    "empty key": _entry(1, ""),
+    "key 257 chars": _entry(1, "k" * 257),
+    "key int": _entry(1, 5),
+    "key bin": _entry(1, b"alice"),
+    "hlc negative": _entry(2, -1),
+    "hlc bool": _entry(2, True),
+    "hlc float": _entry(2, 1.5),
+    "hlc str": _entry(2, "1"),
+    "origin bad": _entry(3, "BAD!"),
+    "origin empty": _entry(3, ""),
+    "origin long": _entry(3, "o" * 33),
+    "origin int": _entry(3, 7),
+    "value list": _entry(4, ["alice"]),
+    "value missing field": _entry(4, {k: v for k, v in GOOD_VALUE.items() if k != "password_hash"}),
+    "value extra field": _entry(4, dict(GOOD_VALUE, admin=True)),
+    "value wrong type": _entry(4, dict(GOOD_VALUE, id=5)),
+    "session value in a user": _entry(4, {"uid": "x", "user": "alice"}),
+    "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
+    "expires negative": _entry(5, -1),
+    "expires bool": _entry(5, True),
+    "expires float": _entry(5, 1.5),
+    "expires None": _entry(5, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENTRIES))
+def test_bad_entries(name):
+    entry = BAD_ENTRIES[name]
+    with pytest.raises(WireError) as info:
+        check_entry(entry)
+    assert info.value.reason == "schema"
+    for type_ in ("merge", "sync_rep", "diff_rep", "push"):
+        # one bad entry among good ones rejects the whole message
+        payload = dict(SAMPLES[type_], entries=[USER, entry, SESSION])
+        assert reason_of(envelope(type_, payload)) == "schema"
+
+
+@pytest.mark.parametrize("entry", [
+    _entry(1, "k" * 256), _entry(2, 0), _entry(2, 2**64 - 1), _entry(5, 0), _entry(5, 2**64 - 1),
+    USER_TOMBSTONE, TOMBSTONE, _entry(3, "-"),
+])
+def test_edge_entries_are_valid(entry):
+    check_entry(entry)
+    assert decode(KEY, envelope("merge", {"entries": [entry]})).payload["entries"] == [entry]
+
+
+def test_value_schema_matches_what_the_daemon_writes():
+    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s"}
+    assert set(VALUE_SCHEMA["u"]) == {"id", "username", "password_hash", "created_at"}
+    assert set(VALUE_SCHEMA["s"]) == {"uid", "user"}
+
+
+@pytest.mark.parametrize("type_,payload", [
+    ("diff_req", {"leaves": [0], "hashes": b"\x00" * 7}),
+    ("diff_req", {"leaves": [0], "hashes": b"\x00" * 9}),
+    ("diff_req", {"leaves": [2**16], "hashes": b""}),
+    ("diff_req", {"leaves": [-1], "hashes": b""}),
+    ("diff_req", {"leaves": [True], "hashes": b""}),
+    ("diff_req", {"leaves": ["0"], "hashes": b""}),
+    ("tree_rep", {"groups": [2**16], "leaves": b""}),
+    ("tree_rep", {"groups": [1.0], "leaves": b""}),
+    ("diff_rep", {"entries": [], "want": b"\x00" * 12}),
+    ("diff_rep", {"entries": [], "want": b"\x00"}),
+])
+def test_bad_repair_items(type_, payload):
+    assert reason_of(envelope(type_, payload)) == "schema"
+
+
+# ---- nothing but WireError, whatever arrives signed --------------------------------
+
+MSGPACK_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(type_=st.sampled_from(sorted(SCHEMA)), data=st.data())
+def test_signed_garbage_only_ever_raises_wire_error(type_, data):
+    """Fuzz each type: start from a valid payload, replace or add fields with arbitrary msgpack values."""
+    payload: dict = dict(SAMPLES[type_])
+    for _ in range(data.draw(st.integers(1, 3))):
+        field = data.draw(st.sampled_from(sorted(SCHEMA[type_]) + ["x", "entries"]) | st.binary(max_size=4))
+        payload[field] = data.draw(MSGPACK_VALUES)
+    try:
+        env = decode(KEY, envelope(type_, payload))
+    except WireError as exc:
+        assert exc.reason in ("schema", "malformed")
+    else:  # whatever passes must really fit the schema
+        assert env.payload.keys() == SCHEMA[type_].keys()
+
+
+@settings(max_examples=100)
+@given(fields=st.lists(MSGPACK_VALUES, min_size=6, max_size=6))
+def test_signed_garbage_envelopes_only_raise_wire_error(fields):
+    try:
+        decode(KEY, sign(pack(fields)))
+    except WireError:
+        pass
+
+
+# ---- the control protocol's argument check (ipc) -----------------------------------
+
+
+@pytest.mark.parametrize("op,args", [
+    ("nope", {}),
+    ("ping", {"x": 1}),
+    ("register", {"username": "a"}),
+    ("register", {"username": "a", "password_hash": 5}),
+    ("user", {"username": None}),
+    ("cache", {"user": None, "sessions": True, "limit": True}),
+    ("lossy", {"fraction": 1}),
+    ("ping", {b"x": 1, "y": 2}),
+])
+def test_control_rejects_bad_requests(op, args):
+    assert isinstance(control.check_args(op, args), str)
+
+
+@pytest.mark.parametrize("op,args", [
+    ("ping", {}), ("register", {"username": "a", "password_hash": "h"}),
+    ("cache", {"user": None, "sessions": False, "limit": 10}), ("lossy", {"fraction": 0.5}),
+])
+def test_control_accepts_good_requests(op, args):
+    assert control.check_args(op, args) is None
+
+
+@settings(max_examples=100)
+@given(op=st.sampled_from(sorted(control.OPS)) | st.text(max_size=10),
+       args=st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), MSGPACK_VALUES, max_size=4))
+def test_control_check_never_raises(op, args):
+    assert control.check_args(op, args) is None or isinstance(control.check_args(op, args), str)
