@@ -24,6 +24,7 @@ THREADS = 8
 
 def serve(settings: Settings, port: int) -> None:
     """Build the app and serve it; a port that cannot be bound is one line on stderr and exit 1."""
+    _stop_on_signals()  # first, so that a SIGTERM during start-up also exits 0
     app = create_app(settings)
     try:
         server = create_server(app, host=settings.host, port=port, threads=THREADS, ident="logonmesh")
@@ -32,7 +33,6 @@ def serve(settings: Settings, port: int) -> None:
         sys.exit(1)
     log.info("web %s serving on http://%s:%d (daemon ipc %s)", settings.name, settings.host, port,
              settings.ipc_path)
-    _stop_on_signals()
     server.run()
     log.info("web %s stopped", settings.name)
 
