@@ -15,6 +15,7 @@ from typing import Any, Callable
 import click
 
 from daemon import config
+from daemon.commands import CommandGroup
 
 
 def setting_options(*scopes: str) -> Callable:
@@ -46,7 +47,8 @@ def setup_logging(name: str) -> None:
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=CommandGroup,  # the inspection subcommands, loaded on first use: daemon/commands/
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """logonmesh: a clustered login service with no central cache server."""
 

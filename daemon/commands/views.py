@@ -1,0 +1,204 @@
+"""``logonmesh peers``, ``status`` and ``cache``: one daemon's view, printed once.
+
+Each asks one daemon over its ipc socket and prints what it said.  ``peers``
+also reads the clusters table, because the registry and the daemon answer
+different questions: the table says who announced itself and when it last
+wrote its heartbeat there; the daemon says whom it actually hears on the bus.
+A partition shows up as a node that is fresh in the table and down to the
+daemon, which is why the table alone is never trusted for "up".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from daemon.commands.common import (
+    WIDTH, ago, call, clip, emit_json, inspect_options, node_option, out, pick_node, registry_rows,
+    pairs, split_settings, table, version_text,
+)
+
+
+# ---- peers ------------------------------------------------------------------------
+
+@click.command()
+@node_option()
+@inspect_options
+def peers(**values: Any) -> None:
+    """Every node in the clusters table, and how a daemon sees it.
+
+    Exit 1 when a known node is down: one with a row in the table, or one the
+    daemon remembers as a lost peer.
+    """
+    settings, args = split_settings(values)
+    name, how = pick_node(settings, args["node"])
+    rows = registry_rows(settings)
+    view = call(settings, name, "peers")
+    merged = merge_peers(name, rows, view["peers"])
+    healthy = all(p["up"] for p in merged)
+    if args["as_json"]:
+        emit_json({"node": name, "digest": view["digest"], "healthy": healthy, "peers": merged})
+    else:
+        print_peers(name, how, view["digest"], merged)
+    raise SystemExit(0 if healthy else 1)
+
+
+def merge_peers(me: str, rows: list, seen: list[dict]) -> list[dict]:
+    """One record per known node: its row (if any) joined with the daemon's view (if any)."""
+    by_row = {r.id: r for r in rows}
+    by_view = {p["name"]: p for p in seen}
+    now = time.time()
+    merged = []
+    for name in sorted(by_row.keys() | by_view.keys()):
+        row, peer = by_row.get(name), by_view.get(name)
+        record: dict[str, Any] = {
+            "name": name, "self": name == me, "in_registry": row is not None,
+            "bus": (row.bus_endpoint if row else peer["bus"]), "peer": (row.peer_endpoint if row else peer["peer"]),
+            "heartbeat_age_s": round(now - row.heartbeat_at, 3) if row else None,
+            "host": row.host if row else None, "pid": row.pid if row else None,
+        }
+        if name == me:
+            record.update(up=True, state="self", last_seq=None, digest_match=None, heard_ms_ago=None, reason="")
+        elif peer is None:
+            record.update(up=False, state="unseen", last_seq=None, digest_match=None, heard_ms_ago=None,
+                          reason="in the table, never heard on the bus")
+        else:
+            record.update(up=peer["up"], state="up" if peer["up"] else "down", last_seq=peer["last_seq"],
+                          digest_match=peer["digest_match"], heard_ms_ago=peer["heard_ms_ago"],
+                          reason=peer["reason"] if not peer["up"] else "")
+        merged.append(record)
+    return merged
+
+
+def print_peers(name: str, how: str, digest: str, merged: list[dict]) -> None:
+    out(f"as seen by node {name} ({how})")
+    rows = [[p["name"], p["state"], ago(p["heard_ms_ago"] / 1000) if p["heard_ms_ago"] is not None else None,
+             ago(p["heartbeat_age_s"]), p["last_seq"], _digest_cell(p), _hostport(p["bus"]), _hostport(p["peer"])]
+            for p in merged]
+    out(table(["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST", "BUS", "PEER"], rows))
+    for p in merged:
+        if not p["up"]:
+            out(clip(f"{p['name']} is down: {p['reason'] or 'no reason given'}"
+                     f"{'' if p['in_registry'] else ' (no longer in the table)'}", WIDTH))
+    down = sum(not p["up"] for p in merged)
+    out(f"{len(merged)} nodes, {down} down; digest {digest[:12]}")
+
+
+def _digest_cell(p: dict) -> str | None:
+    if p["digest_match"] is None:
+        return None
+    return "same" if p["digest_match"] else "differs"
+
+
+def _hostport(endpoint: str | None) -> str | None:
+    return endpoint.split("://", 1)[-1] if endpoint else None
+
+
+# ---- status -------------------------------------------------------------------------
+
+@click.command()
+@node_option()
+@inspect_options
+def status(**values: Any) -> None:
+    """One daemon's own view: uptime, cache, traffic, drops, repairs, faults."""
+    settings, args = split_settings(values)
+    name, how = pick_node(settings, args["node"])
+    st = call(settings, name, "status")
+    if args["as_json"]:
+        emit_json(st)
+    else:
+        print_status(st, how)
+
+
+def print_status(st: dict, how: str) -> None:
+    stats: dict[str, int] = st["stats"]
+    cache = st["cache"]
+    out(f"node {st['node']} ({how})")
+    out(pairs([
+        ["uptime", ago(st["uptime_s"])], ["incarnation", st["incarnation"]], ["pid", st.get("pid")],
+        ["bus", st["bus"]], ["peer", st["peer"]],
+        ["peers up", ", ".join(st["peers_up"]) or "none"],
+        ["cache", f"{cache['users']} users, {cache['sessions']} sessions, {cache['tombstones']} tombstones"],
+        ["digest", st["digest"][:16]],
+        ["partition", "blocks " + ", ".join(st["blocked"]) if st["blocked"] else "none"],
+        ["loss", f"{st['loss']:.0%} of incoming bus messages dropped" if st["loss"] else "none"],
+        ["monitor", _monitor_text(st.get("monitor"))],
+    ]))
+    out()
+    out(_messages_table(stats))
+    out()
+    out(_drops_line(stats))
+    out(_repairs_line(stats))
+
+
+def _monitor_text(mon: dict | None) -> str:
+    if not mon:
+        return "none"
+    return f"{mon['listeners']} listening ({mon['endpoint'].split('/')[-1]})"
+
+
+def _messages_table(stats: dict[str, int]) -> str:
+    types = sorted({k[3:] for k in stats if k.startswith("in_")} | {k[4:] for k in stats if k.startswith("out_")})
+    rows = [[t, stats.get(f"in_{t}", 0), stats.get(f"out_{t}", 0)] for t in types]
+    return table(["MESSAGES", "IN", "OUT"], rows or [["none yet", 0, 0]])
+
+
+def _drops_line(stats: dict[str, int]) -> str:
+    drops = {k[5:]: v for k, v in stats.items() if k.startswith("drop_") and v}
+    drops.setdefault("bad_signature", 0)
+    gaps = stats.get("seq_gaps", 0)
+    text = ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+    return clip(f"drops: {text}; sequence gaps {gaps}", WIDTH)
+
+
+def _repairs_line(stats: dict[str, int]) -> str:
+    """Whatever repair counters the daemon keeps (they grow with the repair protocol), then entries and bytes."""
+    counts = {k[len("repairs_"):]: v for k, v in stats.items()
+              if k.startswith("repairs_") and not k.startswith("repairs_for_")}
+    counts.setdefault("started", 0)
+    counts.setdefault("done", 0)
+    text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: kv[0] != "started"))
+    moved = (f"entries {stats.get('repair_entries_in', 0)} in / {stats.get('repair_entries_out', 0)} out, "
+             f"bytes {stats.get('repair_bytes_in', 0)} in / {stats.get('repair_bytes_out', 0)} out")
+    return f"repairs: {text}\n         {moved}"
+
+
+# ---- cache ----------------------------------------------------------------------------
+
+@click.command()
+@node_option()
+@click.option("--user", metavar="NAME", help="only this user (with --sessions: only this user's sessions)")
+@click.option("--sessions", is_flag=True, help="sessions instead of users")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True, help="at most this many")
+@inspect_options
+def cache(**values: Any) -> None:
+    """Entries of one daemon's cache, with their versions.
+
+    Never a password hash, and only the first characters of a session token.
+    """
+    settings, args = split_settings(values)
+    name, how = pick_node(settings, args["node"])
+    answer = call(settings, name, "cache", user=args["user"], sessions=args["sessions"], limit=args["limit"])
+    entries = answer["entries"]
+    if args["as_json"]:
+        emit_json({"node": name, "sessions": args["sessions"], "entries": entries})
+        return
+    what = "sessions" if args["sessions"] else "users"
+    out(f"{what} in the cache of node {name} ({how})")
+    out(_sessions_table(entries) if args["sessions"] else _users_table(entries))
+    more = " (the --limit; there may be more)" if len(entries) >= args["limit"] else ""
+    out(f"{len(entries)} {what[:-1] if len(entries) == 1 else what}{more}")
+
+
+def _users_table(entries: list[dict]) -> str:
+    rows = [[e["key"], (e["id"] or "")[:8] or "deleted", version_text(e["hlc"]), e["origin"][:8]] for e in entries]
+    return table(["USER", "ID", "VERSION", "ORIGIN"], rows)
+
+
+def _sessions_table(entries: list[dict]) -> str:
+    now_ms = time.time() * 1000
+    rows = [[e["key"], e["user"] or "(revoked)", version_text(e["hlc"]), e["origin"][:12],
+             "in " + ago((e["expires"] - now_ms) / 1000) if e["expires"] else "never"] for e in entries]
+    return table(["TOKEN", "USER", "VERSION", "ORIGIN", "EXPIRES"], rows)
