@@ -10,13 +10,16 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import pytest
 import requests
 
+from daemon.client import DaemonUnavailable
 from daemon.testing import Browser, LocalCluster, Node, eventually
+from web.link import DaemonLink
 from web.sessions import is_local_path
 
 PASSWORD = "correct horse battery"
@@ -330,6 +333,7 @@ def test_daemon_frozen_gives_503_within_2s_then_recovers(local_cluster: LocalClu
     n1.daemon.signal(signal.SIGSTOP)
     try:
         _assert_down(n1, b, username)
+        _assert_burst_gets_503_in_time(n1, b)
     finally:
         n1.daemon.signal(signal.SIGCONT)
         local_cluster.wait_ready()
@@ -346,3 +350,57 @@ def _assert_down(n1: Node, b: Browser, username: str) -> None:
     started = time.perf_counter()
     resp = b.post_form("/", {"username": username, "password": PASSWORD})
     assert resp.status_code == 503 and time.perf_counter() - started < DOWN_DEADLINE_S
+
+
+def _assert_burst_gets_503_in_time(n1: Node, b: Browser) -> None:
+    """More requests than waitress threads: none may wait behind the others' timeouts."""
+    def one(_: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        resp = requests.get(f"{n1.url}/budget", cookies=b.session.cookies, allow_redirects=False, timeout=10)
+        return resp.status_code, time.perf_counter() - started
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(one, range(24)))
+    assert all(code == 503 and took < DOWN_DEADLINE_S for code, took in results), results
+
+
+# ---- the daemon link, without processes ----------------------------------------
+
+class SilentClient:
+    """Stands in for DaemonClient: times out (after `delay_s`) until `answering` is set."""
+
+    def __init__(self, delay_s: float = 0.3) -> None:
+        self.delay_s, self.answering, self.calls = delay_s, False, 0
+
+    def call(self, op: str, timeout_ms: int | None = None, **args: Any) -> Any:
+        self.calls += 1
+        if self.answering:
+            return {"op": op}
+        time.sleep(self.delay_s)
+        raise DaemonUnavailable("timeout")
+
+    def close(self) -> None:
+        pass
+
+
+def test_link_fails_fast_after_a_timeout_then_probes_and_recovers() -> None:
+    client = SilentClient()
+    link = DaemonLink(client, silent_for_s=0.2)  # type: ignore[arg-type]
+    with pytest.raises(DaemonUnavailable):
+        link.call("ping")
+    started = time.perf_counter()
+    with pytest.raises(DaemonUnavailable):
+        link.call("ping")
+    assert time.perf_counter() - started < 0.05 and client.calls == 1
+    client.answering = True
+    eventually(lambda: link.call("ping"), timeout=2.0, interval=0.02)
+    assert link.call("ping") == {"op": "ping"}
+
+
+def test_link_is_not_tripped_by_a_missing_socket() -> None:
+    client = SilentClient(delay_s=0.0)
+    link = DaemonLink(client, silent_for_s=60)  # type: ignore[arg-type]
+    with pytest.raises(DaemonUnavailable):
+        link.call("ping")
+    client.answering = True
+    assert link.call("ping") == {"op": "ping"}

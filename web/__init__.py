@@ -16,6 +16,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from daemon.client import DaemonClient
 from daemon.config import Settings, resolve_cookie
+from web.link import DaemonLink
 
 MAX_BODY_BYTES = 64 * 1024
 DAEMON_TIMEOUT_MS = 1000  # one slow daemon call must leave room for a 503 within 2 s
@@ -41,8 +42,8 @@ def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         LOGONMESH_NODE=settings.require_name(),
     )
-    app.extensions["logonmesh.daemon"] = client or DaemonClient(
-        settings.ipc_path, cookie, name=f"web-{settings.name}", timeout_ms=DAEMON_TIMEOUT_MS)
+    app.extensions["logonmesh.daemon"] = DaemonLink(client or DaemonClient(
+        settings.ipc_path, cookie, name=f"web-{settings.name}", timeout_ms=DAEMON_TIMEOUT_MS))
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     csrf.init_app(app)
     _register(app)

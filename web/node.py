@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import current_app
 
-from daemon.client import DaemonClient
+from web.link import DaemonLink
 
 
-def daemon() -> DaemonClient:
+def daemon() -> DaemonLink:
     """The client to this node's daemon, set up once per app by create_app."""
     return current_app.extensions["logonmesh.daemon"]
 
