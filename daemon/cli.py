@@ -59,13 +59,21 @@ def daemon(**values: Any) -> None:
     """Run this node's daemon: the mesh peer that holds users and sessions."""
     settings = load_settings(values, require_name=True)
     setup_logging(settings.name)
+    import sqlite3
+
+    import zmq
+
     from daemon.node import Daemon, StartupError
-    node = Daemon(settings)
-    try:
+    try:  # Daemon() reads or creates the cookie file, so it belongs inside too
+        node = Daemon(settings)
         node.start()
-    except (StartupError, config.ConfigError) as exc:
+    except config.ConfigError as exc:
+        fail(str(exc))
+    except StartupError as exc:
         fail(str(exc), 1)
-    except OSError as exc:
+    except sqlite3.Error as exc:
+        fail(f"--db / LOGONMESH_DB: cannot use {settings.db}: {exc}", 1)
+    except (OSError, zmq.ZMQError) as exc:
         fail(f"cannot start the daemon: {exc}", 1)
     node.run()
 
