@@ -37,7 +37,7 @@ def snapshot(peer_endpoint: str, cookie: bytes, timeout_s: float = 120) -> tuple
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.connect(peer_endpoint)
-    codec = wire.Codec(cookie, "bench", 1)
+    codec = wire.Codec(cookie, "bench")
     try:
         t0 = time.perf_counter()
         sock.send(codec.encode("sync_req", {"digest": b""}))

@@ -9,19 +9,35 @@ from __future__ import annotations
 
 import zmq
 
+from daemon.curve import Curve
+
 BUS_HWM = 100_000  # a burst of merges should queue, not silently vanish at the default 1000
 
 
+def advertised(endpoint: str, host: str | None) -> str:
+    """The bound endpoint as other hosts must dial it: the advertised host, the real (maybe ephemeral) port.
+
+    A socket bound to 0.0.0.0 reports tcp://0.0.0.0:PORT, which no other host can dial.
+    """
+    if not host:
+        return endpoint
+    port = endpoint.rsplit(":", 1)[1]
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
 class Bus:
-    def __init__(self, ctx: zmq.Context, bind: str) -> None:
+    def __init__(self, ctx: zmq.Context, bind: str, curve: Curve, port: int = 0,
+                 advertise: str | None = None) -> None:
         self.pub = ctx.socket(zmq.PUB)
         self.pub.linger = 0
         self.pub.sndhwm = BUS_HWM
-        self.pub.bind(f"tcp://{bind}:0")
-        self.endpoint = self.pub.last_endpoint.decode()
+        curve.server(self.pub)
+        self.pub.bind(f"tcp://{bind}:{port}")
+        self.endpoint = advertised(self.pub.last_endpoint.decode(), advertise)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.linger = 0
         self.sub.rcvhwm = BUS_HWM
+        curve.client(self.sub)
         self.sub.subscribe(b"")
         self._connected: set[str] = set()
 

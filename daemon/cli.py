@@ -23,8 +23,12 @@ def setting_options(*scopes: str) -> Callable:
     def decorate(fn: Callable) -> Callable:
         for opt in reversed([o for o in config.OPTIONS if o.scope in scopes]):
             default = "" if opt.default is None else f" [default: {opt.default}]"
-            fn = click.option(opt.flag, opt.name, default=None, metavar="VALUE",
-                              help=f"{opt.help} (env {opt.env}){default}")(fn)
+            help_text = f"{opt.help} (env {opt.env}){default}"
+            if opt.parse is config.parse_flag:
+                fn = click.option(opt.flag, opt.name, is_flag=True, flag_value="1", default=None,
+                                  help=help_text)(fn)
+            else:
+                fn = click.option(opt.flag, opt.name, default=None, metavar="VALUE", help=help_text)(fn)
         return fn
     return decorate
 

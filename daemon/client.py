@@ -37,7 +37,7 @@ class DaemonClient:
         self.ipc_path = ipc_path
         self.timeout_ms = timeout_ms
         self._ctx = zmq.Context.instance()
-        self._codec = wire.Codec(cookie, name, os.getpid())
+        self._codec = wire.Codec(cookie, name)
         self._codec_lock = threading.Lock()
         self._local = threading.local()
         self._ids = itertools.count(1)

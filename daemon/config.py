@@ -46,10 +46,48 @@ def _port(raw: str) -> int:
     return value
 
 
+def parse_flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _port_or_zero(raw: str) -> int:
+    """A fixed port, or 0 for an ephemeral one (fine on one host; a firewall between hosts needs fixed)."""
+    if raw.strip() == "0":
+        return 0
+    return _port(raw)
+
+
 def _text(raw: str) -> str:
     if not raw:
         raise ValueError("must not be empty")
     return raw
+
+
+def _db(raw: str) -> str:
+    """A path, sqlite:///path, or redis://host:port/N[?prefix=P]: checked now, not at the first query."""
+    if not raw:
+        raise ValueError("must not be empty")
+    scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
+    if scheme in ("", "sqlite"):
+        return raw
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"must be a path, sqlite:///path or redis://host:port/N, got {raw!r}")
+    from discovery.redis import parse_url  # lazy: the CLI's start-up stays free of redis-py
+    parse_url(raw)
+    return raw
+
+
+def is_url(db: str) -> bool:
+    """True for a networked store (redis://...), whose setting is not a file path."""
+    return "://" in db and not db.startswith("sqlite:")
+
+
+WILDCARDS = frozenset({"0.0.0.0", "*", "::", "[::]", ""})
 
 
 @dataclass(frozen=True)
@@ -67,11 +105,19 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("name", "--name", "LOGONMESH_NODE", None, _node_name, "node name, [a-z0-9_-]{1,32}"),
-    Option("db", "--db", "LOGONMESH_DB", "var/cluster.db", _text, "the cluster database"),
+    Option("db", "--db", "LOGONMESH_DB", "var/cluster.db", _db,
+           "the cluster database: a path, sqlite:///path or redis://host:port/N[?prefix=P]"),
     Option("cookie", "--cookie", "LOGONMESH_COOKIE", None, _text,
            "shared cluster secret; default: the file 'cookie' beside the database"),
     Option("run_dir", "--run-dir", "LOGONMESH_RUN_DIR", "var/run", _text, "where the ipc sockets live"),
     Option("bind", "--bind", "LOGONMESH_BIND", "127.0.0.1", _text, "interface for the tcp sockets"),
+    Option("advertise", "--advertise", "LOGONMESH_ADVERTISE", None, _text,
+           "address other hosts use to reach this daemon; default: --bind (127.0.0.1 if --bind is a wildcard)",
+           "daemon"),
+    Option("bus_port", "--bus-port", "LOGONMESH_BUS_PORT", 0, _port_or_zero,
+           "tcp port of the bus (PUB); 0 = ephemeral", "daemon"),
+    Option("peer_port", "--peer-port", "LOGONMESH_PEER_PORT", 0, _port_or_zero,
+           "tcp port of the peer socket (ROUTER); 0 = ephemeral", "daemon"),
     Option("heartbeat_ms", "--heartbeat-ms", "LOGONMESH_HEARTBEAT_MS", 1000, _positive_int,
            "heartbeat period in milliseconds", "daemon"),
     Option("down_after", "--down-after", "LOGONMESH_DOWN_AFTER", 3, _positive_int,
@@ -80,6 +126,10 @@ OPTIONS: tuple[Option, ...] = (
            "how often the clusters table is read, in milliseconds", "daemon"),
     Option("session_ttl_s", "--session-ttl", "LOGONMESH_SESSION_TTL", 86400, _positive_int,
            "session lifetime in seconds", "daemon"),
+    Option("max_msg_bytes", "--max-msg-bytes", "LOGONMESH_MAX_MSG_BYTES", 64 * 2**20, _positive_int,
+           "largest message any socket accepts (ZMQ_MAXMSGSIZE)", "daemon"),
+    Option("curve", "--curve", "LOGONMESH_CURVE", False, parse_flag,
+           "encrypt and authenticate tcp between nodes with CURVE (keys derived from the cookie)"),
     Option("host", "--host", "LOGONMESH_HOST", "127.0.0.1", _text, "address the web process listens on", "web"),
     Option("port", "--port", "LOGONMESH_PORT", None, _port,
            "web port; default <NAME>_PORT, then PORT, then 4000", "web"),
@@ -97,10 +147,15 @@ class Settings:
     cookie: str | None = None
     run_dir: str = "var/run"
     bind: str = "127.0.0.1"
+    advertise: str | None = None
+    bus_port: int = 0
+    peer_port: int = 0
     heartbeat_ms: int = 1000
     down_after: int = 3
     discovery_ms: int = 2000
     session_ttl_s: int = 86400
+    max_msg_bytes: int = 64 * 2**20
+    curve: bool = False
     host: str = "127.0.0.1"
     port: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -117,6 +172,13 @@ class Settings:
     @property
     def down_after_ms(self) -> int:
         return self.heartbeat_ms * self.down_after
+
+    @property
+    def advertised_host(self) -> str:
+        """The host put in the endpoints this daemon announces: other hosts cannot dial 0.0.0.0."""
+        if self.advertise:
+            return self.advertise
+        return "127.0.0.1" if self.bind in WILDCARDS else self.bind
 
     def web_port(self, environ: Mapping[str, str] | None = None) -> int:
         """--port, else <NAME>_PORT, else PORT, else 4000 (honcho sets PORT for every process)."""
@@ -155,7 +217,10 @@ def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None
         except ValueError as exc:
             where = f"{opt.flag} / {opt.env}" if source == opt.flag else f"{opt.env} (or {opt.flag})"
             raise ConfigError(f"{where}: {exc}") from None
-    values["db"] = os.path.abspath(values["db"])
+    if values["db"].startswith("sqlite:///"):
+        values["db"] = values["db"][len("sqlite:///") - 1:]
+    if not is_url(values["db"]):
+        values["db"] = os.path.abspath(values["db"])
     values["run_dir"] = os.path.abspath(values["run_dir"])
     settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
     if require_name:
@@ -175,6 +240,9 @@ def resolve_cookie(settings: Settings) -> bytes:
     """
     if settings.cookie:
         return settings.cookie.encode()
+    if is_url(settings.db):  # no file is shared between hosts: a cookie made here would be this host's alone
+        raise ConfigError("--cookie / LOGONMESH_COOKIE: must be set when --db is a URL "
+                          "(every host of the cluster needs the same secret)")
     path = Path(settings.db).parent / "cookie"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():

@@ -50,22 +50,17 @@ class Control:
     def handle(self, ident: bytes, frames: list[bytes]) -> None:
         d = self.d
         if len(frames) != 1:
-            d.stats["ipc_bad_request"] += 1
-            return d.reply_ipc(ident, 0, error="bad request: expected one frame")
+            return self._bad(ident, 0, "malformed", "expected one frame")
         try:
             env = wire.decode(d.key, frames[0])
         except wire.WireError as exc:
-            d.stats["ipc_bad_request"] += 1
-            d.stats[f"drop_{exc.reason}"] += 1
-            return d.reply_ipc(ident, 0, error=f"bad request: {exc}")
+            return self._bad(ident, 0, exc.reason, str(exc))
         if env.type != "req":
-            d.stats["ipc_bad_request"] += 1
-            return d.reply_ipc(ident, 0, error=f"bad request: type {env.type} is not a request")
+            return self._bad(ident, 0, "wrong_socket", f"type {env.type} is not a request")
         req_id, op, args = env.payload["id"], env.payload["op"], env.payload["args"]
         problem = check_args(op, args)
         if problem:
-            d.stats["ipc_bad_request"] += 1
-            return d.reply_ipc(ident, req_id, error=f"bad request: {problem}")
+            return self._bad(ident, req_id, "bad_args", problem)
         d.stats[f"ipc_{op}"] += 1
 
         def reply(result: Any = None, error: str | None = None) -> None:
@@ -77,6 +72,12 @@ class Control:
             d.stats["ipc_errors"] += 1
             log.exception("ipc op %s failed", op)
             reply(error="internal error (logged by the daemon)")
+
+    def _bad(self, ident: bytes, req_id: int, reason: str, detail: str) -> None:
+        """A request we cannot serve gets an error reply, a count, and now and then a log line."""
+        self.d.stats["ipc_bad_request"] += 1
+        self.d.refusals.refuse("ipc socket", reason, detail=detail)
+        self.d.reply_ipc(ident, req_id, error=f"bad request: {detail}")
 
     # ---- users ----------------------------------------------------------
 
@@ -144,6 +145,7 @@ class Control:
                "digest": d.cache.digest.root.hex(), "seq": d.bus_codec.seq,
                "stats": dict(sorted(d.stats.items())),
                "blocked": sorted(d.blocked), "loss": d.loss, "peers_up": d.membership.up_names(),
+               "refused_by_sender": d.refusals.view(),
                # for `logonmesh status`: which process, its timings, and who watches its sockets
                "pid": os.getpid(), "started_at": d.started_at, "heartbeat_ms": d.settings.heartbeat_ms,
                "down_after_ms": d.settings.down_after_ms,

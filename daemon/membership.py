@@ -16,6 +16,7 @@ from typing import Iterable
 
 import zmq
 
+from daemon.curve import Curve
 from discovery import NodeRow
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class Peer:
     change_reason: str = ""
     dealer: zmq.Socket | None = field(default=None, repr=False)
 
-    def connect(self, ctx: zmq.Context) -> None:
+    def connect(self, ctx: zmq.Context, curve: Curve) -> None:
         self.dealer = ctx.socket(zmq.DEALER)
+        curve.client(self.dealer)
         self.dealer.linger = 0
         self.dealer.sndhwm = PEER_HWM
         self.dealer.connect(self.peer_endpoint)
@@ -74,9 +76,11 @@ class Peer:
 
 
 class Membership:
-    def __init__(self, me: str, ctx: zmq.Context, down_after_ms: int, forget_after_ms: int) -> None:
+    def __init__(self, me: str, ctx: zmq.Context, curve: Curve, down_after_ms: int,
+                 forget_after_ms: int) -> None:
         self.me = me
         self.ctx = ctx
+        self.curve = curve
         self.down_after_ms = down_after_ms
         self.forget_after_ms = forget_after_ms
         self.peers: dict[str, Peer] = {}
@@ -96,7 +100,7 @@ class Membership:
         fresh = Peer(name, bus, peer_endpoint, incarnation)
         if peer is not None:  # moved (restarted): keep what we knew of its liveness
             fresh.up, fresh.last_heard, fresh.lost_at = peer.up, peer.last_heard, peer.lost_at
-        fresh.connect(self.ctx)
+        fresh.connect(self.ctx, self.curve)
         self.peers[name] = fresh
         return fresh, True
 

@@ -12,7 +12,6 @@ import fcntl
 import logging
 import os
 import random
-import secrets
 import signal
 import socket
 import time
@@ -22,14 +21,16 @@ from typing import Callable
 import zmq
 
 from daemon import wire
-from daemon.bus import Bus
+from daemon.bus import Bus, advertised
 from daemon.cache import Cache, now_ms, user_entry
 from daemon.control import Control
-from daemon.config import Settings, ensure_run_dir, resolve_cookie
+from daemon.curve import Curve
+from daemon.guard import Refusals, ReplayWindow
+from daemon.config import WILDCARDS, Settings, ensure_run_dir, resolve_cookie
 from daemon.hlc import HLC
 from daemon.membership import Membership, Peer, monotonic_ms
 from daemon.monitor import MonitorFeed, open_feed
-from daemon.store import UserStore
+from daemon.store import open_users
 from daemon.sync import Repairs
 from daemon.worker import Worker
 from discovery import NodeRow, open_registry
@@ -49,9 +50,9 @@ class StartupError(Exception):
 class Resources:
     """What the worker thread owns: its own connections to the registry and the user store."""
 
-    def __init__(self, db: str) -> None:
-        self.registry = open_registry(db)
-        self.users = UserStore(db)
+    def __init__(self, db: str, row_ttl_ms: int | None = None) -> None:
+        self.registry = open_registry(db, row_ttl_ms)
+        self.users = open_users(db)
 
     def close(self) -> None:
         self.registry.close()
@@ -63,7 +64,7 @@ class Daemon:
         self.settings = settings
         self.name = settings.require_name()
         self.cookie = resolve_cookie(settings)
-        self.incarnation = time.time_ns() // 1000 ^ secrets.randbits(16)
+        self.incarnation = wire.new_incarnation()
         self.started_mono = monotonic_ms()
         self.started_at = time.time()
         self.stats: Counter = Counter()
@@ -72,7 +73,11 @@ class Daemon:
         self.bus_codec = wire.Codec(self.cookie, self.name, self.incarnation)
         self.direct_codec = wire.Codec(self.cookie, self.name, self.incarnation)
         self.key = wire.wire_key(self.cookie)
+        self.curve = Curve.from_cookie(self.cookie, settings.curve)
+        self.auth = None
         self.blocked: set[str] = set()
+        self.refusals = Refusals(self.stats)
+        self.replay = ReplayWindow()
         self.loss = 0.0
         self._stopping = False
         self._refreshing = False
@@ -94,7 +99,7 @@ class Daemon:
         ensure_run_dir(s)
         self._take_lock()
         try:
-            res = Resources(s.db)
+            res = self._resources()
             try:
                 self.cache.merge([user_entry(u) for u in res.users.load()])
                 self._bind()
@@ -105,25 +110,34 @@ class Daemon:
         except BaseException:
             self._unbind()
             raise
-        self.worker = Worker(self.ctx, lambda: Resources(s.db))
+        self.worker = Worker(self.ctx, self._resources)
         self.control = Control(self)
         log.info("node %s up: bus %s, peer %s, ipc %s, %d users", self.name, self.bus.endpoint,
                  self.peer_endpoint, s.ipc_path, self.cache.counts()["users"])
 
     def _bind(self) -> None:
         s = self.settings
+        self.ctx.setsockopt(zmq.MAXMSGSIZE, s.max_msg_bytes)  # every socket made from here on
+        self.auth = self.curve.authenticator(self.ctx)
         self.ipc = self.ctx.socket(zmq.ROUTER)
         self.ipc.linger = 0
         if os.path.exists(s.ipc_path):
             os.unlink(s.ipc_path)  # stale: the lock proves no live daemon owns it
-        self.ipc.bind(f"ipc://{s.ipc_path}")
-        os.chmod(s.ipc_path, 0o600)
-        self.bus = Bus(self.ctx, s.bind)
+        mask = os.umask(0o177)  # the socket file is born 0600, with no window of wider access
+        try:
+            self.ipc.bind(f"ipc://{s.ipc_path}")
+        finally:
+            os.umask(mask)
+        self.bus = Bus(self.ctx, s.bind, self.curve, port=s.bus_port, advertise=s.advertised_host)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.linger = 0
-        self.router.bind(f"tcp://{s.bind}:0")
-        self.peer_endpoint = self.router.last_endpoint.decode()
-        self.membership = Membership(self.name, self.ctx, s.down_after_ms,
+        self.curve.server(self.router)
+        self.router.bind(f"tcp://{s.bind}:{s.peer_port}")
+        self.peer_endpoint = advertised(self.router.last_endpoint.decode(), s.advertised_host)
+        if s.bind in WILDCARDS and not s.advertise:
+            log.warning("--bind %s without --advertise: announcing %s, which other hosts cannot reach",
+                        s.bind, s.advertised_host)
+        self.membership = Membership(self.name, self.ctx, self.curve, s.down_after_ms,
                                      STALE_ROW_FACTOR * s.down_after_ms)
         self.repairs = Repairs(self.cache, self.stats, timeout_ms=max(1000, 3 * s.heartbeat_ms))
         self.monitor = open_feed(self.ctx, s.run_dir, wire.Codec(self.cookie, self.name, self.incarnation),
@@ -141,6 +155,9 @@ class Daemon:
         for sock in (self.router, self.ipc):
             if sock is not None:
                 sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
         if os.path.exists(self.settings.ipc_path):
             os.unlink(self.settings.ipc_path)
         if self._lock_fd is not None:
@@ -159,6 +176,10 @@ class Daemon:
             raise StartupError(f"a daemon named {self.name} is already running "
                                f"(ipc socket {self.settings.ipc_path})") from None
         self._lock_fd = fd
+
+    def _resources(self) -> Resources:
+        """Connections for one thread; a Redis row lives as long as the stale limit unless refreshed."""
+        return Resources(self.settings.db, STALE_ROW_FACTOR * self.settings.down_after_ms)
 
     def _row(self) -> NodeRow:
         now = time.time()
@@ -211,7 +232,7 @@ class Daemon:
     def close(self) -> None:
         log.info("node %s leaving the cluster", self.name)
         try:
-            res = Resources(self.settings.db)
+            res = self._resources()
             res.registry.withdraw(self.name, self.incarnation)
             res.close()
         except Exception as exc:  # leaving must not fail; the row will expire anyway
@@ -268,9 +289,30 @@ class Daemon:
         if error is not None:
             self.stats["registry_errors"] += 1
             log.warning("registry refresh failed: %s", error)
-        elif not present:  # somebody pruned us (we were stopped too long): come back
-            row = self._row()
-            self.worker.submit(lambda res: res.registry.announce(row), lambda *_: None)
+        elif not present:  # pruned or expired (stopped too long, or Redis restarted empty): come back
+            self._rejoin()
+
+    def _rejoin(self) -> None:
+        """Announce again, and give the store back the users it may have lost.
+
+        A Redis without persistence comes back empty after a restart: the
+        cache still holds every user, and a node that boots later would
+        otherwise load none of them.  Existing usernames win, so this is safe
+        to run from every node at once.
+        """
+        row = self._row()
+        users = [e[4] for e in self.cache.entries() if e[0] == "u" and e[4] is not None]
+
+        def job(res: Resources) -> int:
+            res.registry.announce(row)
+            return res.users.restore(users)
+
+        def done(restored: int | None, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("could not announce again: %s", error)
+            elif restored:
+                log.warning("restored %d users the store had lost", restored)
+        self.worker.submit(job, done)
 
     def _liveness(self) -> None:
         down, gone = self.membership.expire()
@@ -359,13 +401,23 @@ class Daemon:
 
     # ---- receiving ------------------------------------------------------
 
-    def _decode(self, frame: bytes, where: str) -> wire.Envelope | None:
+    def _receive(self, frame: bytes, where: str, allowed: frozenset[str]) -> wire.Envelope | None:
+        """Decode and vet one frame; refuse (count, log now and then) anything out of place."""
         try:
-            return wire.decode(self.key, frame)
+            env = wire.decode(self.key, frame)
         except wire.WireError as exc:
-            self.stats[f"drop_{exc.reason}"] += 1
-            log.debug("dropped a frame on the %s: %s", where, exc)
+            self.refusals.refuse(where, exc.reason, detail=str(exc))
             return None
+        if env.type not in allowed:
+            self.refusals.refuse(where, "wrong_socket", env.sender, env.type)
+            return None
+        if env.sender in self.blocked:
+            self.stats["drop_partitioned"] += 1
+            return None
+        if where != "bus" and not self.replay.accept(env.sender, env.incarnation, env.seq):
+            self.refusals.refuse(where, "replay", env.sender)
+            return None
+        return env
 
     def _on_bus(self) -> None:
         for _ in range(1000):  # bounded, so timers and other sockets get their turn
@@ -373,11 +425,8 @@ class Daemon:
                 frame = self.bus.sub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            env = self._decode(frame, "bus")
+            env = self._receive(frame, "bus", wire.BUS_TYPES)
             if env is None or env.sender == self.name:
-                continue
-            if env.sender in self.blocked:
-                self.stats["drop_partitioned"] += 1
                 continue
             if self.loss and random.random() < self.loss:
                 self.stats["drop_lossy"] += 1
@@ -414,12 +463,12 @@ class Daemon:
         self.cache.merge(entries)
 
     def _check_sequence(self, peer: Peer, env: wire.Envelope) -> str | None:
-        if env.incarnation != peer.bus_incarnation:
+        if env.incarnation > peer.bus_incarnation:
             restarted = peer.bus_incarnation != 0
             peer.bus_incarnation, peer.last_seq = env.incarnation, env.seq
             return "peer_restart" if restarted else None
-        if env.seq <= peer.last_seq:
-            self.stats["drop_replay"] += 1
+        if env.incarnation < peer.bus_incarnation or env.seq <= peer.last_seq:
+            self.refusals.refuse("bus", "replay", env.sender)
             return "replay"
         gap = env.seq > peer.last_seq + 1
         peer.last_seq = env.seq
@@ -442,13 +491,11 @@ class Daemon:
                 ident, *frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            env = self._decode(frames[0], "peer socket") if len(frames) == 1 else None
-            if env is None:
-                if len(frames) != 1:
-                    self.stats["drop_malformed"] += 1
+            if len(frames) != 1:
+                self.refusals.refuse("peer socket", "malformed", detail=f"{len(frames)} frames")
                 continue
-            if env.sender in self.blocked:
-                self.stats["drop_partitioned"] += 1
+            env = self._receive(frames[0], "peer socket", wire.PEER_REQUESTS)
+            if env is None:
                 continue
             self._count_in(env.type, frames[0])
             reply = self._answer_peer(env)
@@ -479,7 +526,6 @@ class Daemon:
             return self.repairs.snapshot(p["digest"])
         if env.type == "ping":
             return "pong", {"n": p["n"], "t": p["t"]}
-        self.stats["drop_unexpected_type"] += 1
         return None
 
     def _on_peer_reply(self, peer: Peer) -> None:
@@ -488,11 +534,8 @@ class Daemon:
                 frame = peer.dealer.recv(zmq.NOBLOCK)
             except (zmq.Again, AttributeError):
                 return
-            env = self._decode(frame, "peer reply")
+            env = self._receive(frame, "peer reply", wire.PEER_REPLIES)
             if env is None:
-                continue
-            if env.sender in self.blocked:
-                self.stats["drop_partitioned"] += 1
                 continue
             self._count_in(env.type, frame)
             if env.type == "tree_rep":

@@ -38,6 +38,7 @@ from daemon.membership import Peer, monotonic_ms
 log = logging.getLogger(__name__)
 
 LEAF_BATCH = 512
+MAX_ENTRIES = 20_000  # per message (~7 MB of users): well under --max-msg-bytes; the rest goes next round
 Message = tuple[str, dict]
 
 
@@ -113,7 +114,7 @@ class Repairs:
         if session is None:
             return [], None, False
         want = set(split(payload["want"]))
-        wanted = [entry for h, entry in self._hashed(session.leaves).items() if h in want]
+        wanted = [entry for h, entry in self._hashed(session.leaves).items() if h in want][:MAX_ENTRIES]
         changed = self._merge(payload["entries"])
         self.stats["repair_entries_out"] += len(wanted)
         self._finish(peer)
@@ -145,7 +146,7 @@ class Repairs:
         leaves = [leaf for leaf in payload["leaves"] if leaf < LEAVES][:LEAF_BATCH]
         theirs = set(split(payload["hashes"]))
         mine = self._hashed(leaves)
-        send = [entry for h, entry in mine.items() if h not in theirs]
+        send = [entry for h, entry in mine.items() if h not in theirs][:MAX_ENTRIES]
         want = b"".join(h for h in theirs if h not in mine)
         self.stats["repairs_answered"] += 1
         self.stats["repair_entries_out"] += len(send)

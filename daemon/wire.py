@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,11 @@ VALUE_SCHEMA: dict[str, dict[str, type]] = {
     "u": {"id": str, "username": str, "password_hash": str, "created_at": str},
     "s": {"uid": str, "user": str},
 }
+
+# Which types may arrive where; anything else is refused as "wrong_socket".
+BUS_TYPES = frozenset({"hb", "merge"})
+PEER_REQUESTS = frozenset({"announce", "tree_req", "diff_req", "push", "sync_req", "ping"})
+PEER_REPLIES = frozenset({"ack", "tree_rep", "diff_rep", "sync_rep", "pong"})
 
 # type -> {field: python type}.  Every field is required and no other is allowed.
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -82,6 +88,10 @@ class Envelope:
     payload: dict[str, Any]
 
 
+def new_incarnation() -> int:
+    return time.time_ns() // 1000
+
+
 def wire_key(cookie: bytes) -> bytes:
     """Derive the signing key so the raw cookie never keys more than one purpose."""
     return hashlib.sha256(b"logonmesh/wire/v1" + cookie).digest()
@@ -90,10 +100,12 @@ def wire_key(cookie: bytes) -> bytes:
 class Codec:
     """Encodes one sender's stream and decodes anybody's, with one key."""
 
-    def __init__(self, cookie: bytes, sender: str, incarnation: int) -> None:
+    def __init__(self, cookie: bytes, sender: str, incarnation: int | None = None) -> None:
         self._key = wire_key(cookie)
         self.sender = sender
-        self.incarnation = incarnation
+        # Receivers refuse an incarnation older than one they have seen from this sender,
+        # so a new stream must start with a larger one: microseconds since the epoch.
+        self.incarnation = new_incarnation() if incarnation is None else incarnation
         self.seq = 0
 
     def encode(self, type_: str, payload: dict[str, Any]) -> bytes:

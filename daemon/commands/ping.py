@@ -53,7 +53,7 @@ class Pinger:
     def __init__(self, endpoint: str, cookie_: bytes, timeout_s: float) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.codec = wire.Codec(cookie_, "cli", os.getpid())
+        self.codec = wire.Codec(cookie_, "cli")
 
     def run(self, count: int, interval: float, show) -> list[float | None]:
         """RTT in ms per ping, None for a lost one; Ctrl-C ends early with what was measured."""
