@@ -1,8 +1,8 @@
 """The replicated cache: users and sessions, merged last-writer-wins.
 
 An entry is ``(hlc, origin, value, expires_ms)`` under a kind ("u" for users,
-keyed by username; "s" for sessions, keyed by token).  A value of None is a
-tombstone.  ``merge`` keeps, for each key, the entry with the highest version
+keyed by username; "s" for sessions, keyed by token; "t" for login-failure
+counts, keyed by subject and counting node).  A value of None is a tombstone.  ``merge`` keeps, for each key, the entry with the highest version
 ``(hlc, origin)``, so applying any set of entries in any order, any number of
 times, gives the same cache: the merge is commutative, associative and
 idempotent, which is what lets PUB/SUB drop and repair re-send freely.
@@ -44,9 +44,9 @@ def user_entry(user: dict) -> WireEntry:
 
 class Cache:
     def __init__(self) -> None:
-        self.kinds: dict[str, dict[str, Item]] = {"u": {}, "s": {}}
+        self.kinds: dict[str, dict[str, Item]] = {"u": {}, "s": {}, "t": {}}
         self.digest = Digest()
-        self._expiry: list[tuple[int, str]] = []  # heap of (expires_ms, session token)
+        self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -78,23 +78,24 @@ class Cache:
             self.digest.members[bucket].add((kind, key))
         self.digest.toggle(bucket, entry_hash(kind, key, hlc, origin))
         table[key] = (hlc, origin, value, expires)
-        if kind == "s" and expires:
-            heapq.heappush(self._expiry, (expires, key))
+        if expires:
+            heapq.heappush(self._expiry, (expires, kind, key))
         return True
 
     def purge(self, now: int | None = None) -> int:
-        """Drop expired sessions and their tombstones; returns how many went."""
+        """Drop expired entries (sessions, their tombstones, failure counts); returns how many went."""
         now = now_ms() if now is None else now
-        sessions, heap, purged = self.kinds["s"], self._expiry, 0
+        heap, purged = self._expiry, 0
         while heap and heap[0][0] <= now:
-            expires, key = heapq.heappop(heap)
-            item = sessions.get(key)
+            expires, kind, key = heapq.heappop(heap)
+            table = self.kinds[kind]
+            item = table.get(key)
             if item is None or item[3] != expires:
                 continue  # superseded by a later version with another expiry
-            del sessions[key]
-            bucket = bucket_of("s", key)
-            self.digest.toggle(bucket, entry_hash("s", key, item[0], item[1]))
-            self.digest.members[bucket].discard(("s", key))
+            del table[key]
+            bucket = bucket_of(kind, key)
+            self.digest.toggle(bucket, entry_hash(kind, key, item[0], item[1]))
+            self.digest.members[bucket].discard((kind, key))
             purged += 1
         return purged
 
@@ -114,4 +115,5 @@ class Cache:
         sessions = self.kinds["s"].values()
         tombstones = sum(1 for item in sessions if item[2] is None)
         return {"users": len(self.kinds["u"]), "sessions": len(self.kinds["s"]) - tombstones,
+                "failure_counts": len(self.kinds["t"]),
                 "tombstones": tombstones}

@@ -130,6 +130,16 @@ OPTIONS: tuple[Option, ...] = (
            "largest message any socket accepts (ZMQ_MAXMSGSIZE)", "daemon"),
     Option("curve", "--curve", "LOGONMESH_CURVE", False, parse_flag,
            "encrypt and authenticate tcp between nodes with CURVE (keys derived from the cookie)"),
+    Option("session_idle_s", "--session-idle", "LOGONMESH_SESSION_IDLE", 3600, _positive_int,
+           "log a session out after this many seconds without a request", "web"),
+    Option("throttle_user", "--throttle-user", "LOGONMESH_THROTTLE_USER", 10, _positive_int,
+           "failed logins per username per window, cluster-wide, before 429", "web"),
+    Option("throttle_addr", "--throttle-addr", "LOGONMESH_THROTTLE_ADDR", 50, _positive_int,
+           "failed logins per client address per window, cluster-wide, before 429", "web"),
+    Option("throttle_window_s", "--throttle-window", "LOGONMESH_THROTTLE_WINDOW", 60, _positive_int,
+           "the login-failure window in seconds", "web"),
+    Option("secure_cookies", "--secure-cookies", "LOGONMESH_SECURE_COOKIES", False, parse_flag,
+           "mark cookies Secure even when the request did not come over https", "web"),
     Option("host", "--host", "LOGONMESH_HOST", "127.0.0.1", _text, "address the web process listens on", "web"),
     Option("port", "--port", "LOGONMESH_PORT", None, _port,
            "web port; default <NAME>_PORT, then PORT, then 4000", "web"),
@@ -155,6 +165,11 @@ class Settings:
     discovery_ms: int = 2000
     session_ttl_s: int = 86400
     max_msg_bytes: int = 64 * 2**20
+    session_idle_s: int = 3600
+    throttle_user: int = 10
+    throttle_addr: int = 50
+    throttle_window_s: int = 60
+    secure_cookies: bool = False
     curve: bool = False
     host: str = "127.0.0.1"
     port: int | None = None

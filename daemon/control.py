@@ -40,6 +40,9 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "partition": {"peers": list, "replace": bool},
     "heal": {},
     "lossy": {"fraction": float},
+    "failures_add": {"subjects": list, "window_s": int},
+    "failures_count": {"subjects": list},
+    "failures_reset": {"subjects": list},
 }
 
 
@@ -185,6 +188,53 @@ class Control:
         log.warning("healed: no peer blocked, no loss")
         reply({"blocked": []})
 
+    # ---- login failures, counted across the cluster ----------------------
+    #
+    # Each node counts failures for a subject ("user:alice", "addr:10.0.0.9")
+    # under its own key, "<subject>@<node>", so no two nodes ever write the
+    # same key and last-writer-wins loses no increment; the count is the sum
+    # over nodes.  A count expires at the end of its window.
+
+    def op_failures_add(self, reply: Reply, subjects: list, window_s: int) -> None:
+        d = self.d
+        now = d.now()
+        for subject in _subjects(subjects):
+            key = f"{subject}@{d.name}"
+            item = d.cache.get("t", key)
+            live = item is not None and item[2] is not None and item[3] > now
+            count, expires = (item[2]["n"] + 1, item[3]) if live else (1, now + window_s * 1000)
+            d.write("t", key, {"n": count}, expires)
+        self.op_failures_count(reply, subjects)
+
+    def op_failures_count(self, reply: Reply, subjects: list) -> None:
+        """{subject: {"n": failures in the window, summed over nodes, "retry_after_s": until it ends}}."""
+        d = self.d
+        now = d.now()
+        result = {}
+        for subject in _subjects(subjects):
+            count, until = 0, now
+            for item in self._failure_items(subject):
+                if item[2] is not None and item[3] > now:
+                    count += item[2]["n"]
+                    until = max(until, item[3])
+            result[subject] = {"n": count, "retry_after_s": -(-(until - now) // 1000)}
+        reply(result)
+
+    def op_failures_reset(self, reply: Reply, subjects: list) -> None:
+        """A successful login clears the count on every node, by tombstoning each node's key."""
+        d = self.d
+        for subject in _subjects(subjects):
+            for node in [d.name, *d.membership.peers]:
+                item = d.cache.get("t", f"{subject}@{node}")
+                if item is not None and item[2] is not None:
+                    d.write("t", f"{subject}@{node}", None, item[3])
+        reply({})
+
+    def _failure_items(self, subject: str) -> list:
+        d = self.d
+        items = (d.cache.get("t", f"{subject}@{node}") for node in [d.name, *d.membership.peers])
+        return [item for item in items if item is not None]
+
     def op_lossy(self, reply: Reply, fraction: float) -> None:
         if not 0.0 <= fraction <= 1.0:
             return reply(error="fraction must be between 0 and 1")
@@ -202,6 +252,11 @@ def check_args(op: str, args: dict) -> str | None:
         if not isinstance(args[name], kind) or (kind is int and isinstance(args[name], bool)):
             return f"{op}.{name} must be {getattr(kind, '__name__', kind)}"
     return None
+
+
+def _subjects(subjects: list) -> list[str]:
+    """Only short strings count as subjects; anything else in the list is ignored."""
+    return [s for s in subjects[:16] if isinstance(s, str) and 0 < len(s) <= 200]
 
 
 def _owner(kind: str, key: str, value: dict | None) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -20,6 +20,38 @@ T = TypeVar("T")
 
 class UsernameTaken(Exception):
     """The unique constraint on ``users.username`` refused the insert."""
+
+
+class StoreUnavailable(ConnectionError):
+    """A networked store (Redis) cannot be reached or refused; the message is one line for a person.
+
+    A ConnectionError, hence an OSError: the CLI reports it at start as one
+    line, and once running the daemon answers "the user store is unavailable".
+    """
+
+
+class Users(Protocol):
+    """What the daemon needs from the durable user record, whatever holds it."""
+
+    def insert(self, user: dict) -> None:
+        """Store a new user atomically; raise UsernameTaken if the username exists."""
+
+    def load(self) -> Iterator[dict]:
+        """Every user (id, username, password_hash, created_at), read in pages."""
+
+    def restore(self, users: list[dict]) -> int:
+        """Write back users the store lost (a Redis without persistence restarted); returns how many."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+def open_users(url: str) -> Users:
+    """The user store named by the --db setting: a path, sqlite:///path, or redis://host:port/N."""
+    if url.startswith(("redis://", "rediss://")):
+        from daemon.redis_store import RedisUserStore
+        return RedisUserStore(url)
+    return UserStore(url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url)
 
 
 def open_db(path: str) -> sqlite_utils.Database:
@@ -77,6 +109,12 @@ class UserStore:
 
     def load(self) -> Iterator[dict]:
         yield from self.db.query("select id, username, password_hash, created_at from users")
+
+    def restore(self, users: list[dict]) -> int:
+        """Insert the users that are missing; a username or id already present wins."""
+        before = self.db.execute("select count(*) from users").fetchone()[0]
+        with_retry(lambda: self.db["users"].insert_all(users, ignore=True))
+        return self.db.execute("select count(*) from users").fetchone()[0] - before
 
     def close(self) -> None:
         self.db.conn.close()

@@ -43,8 +43,15 @@ class Registry(Protocol):
         """Delete rows whose heartbeat is older than ``stale_before``; returns their ids."""
 
 
-def open_registry(url: str) -> Registry:
-    """The registry named by the --db setting (a path, or sqlite:///path)."""
+def open_registry(url: str, row_ttl_ms: int | None = None) -> Registry:
+    """The registry named by the --db setting: a path, sqlite:///path, or redis://host:port/N[?prefix=P].
+
+    ``row_ttl_ms`` is the daemon's stale limit.  Redis expires a row after it
+    unless a heartbeat refreshes it; SQLite keeps rows until ``prune``.
+    """
+    if url.startswith(("redis://", "rediss://")):
+        from discovery.redis import RedisRegistry
+        return RedisRegistry(url, row_ttl_ms)
     from discovery.sqlite import SqliteRegistry
     path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url
     return SqliteRegistry(path)

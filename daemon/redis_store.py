@@ -1,0 +1,92 @@
+"""The durable user record in Redis, for clusters that span hosts.
+
+One hash per user, ``<prefix>:user:<username>``, holding id, username,
+password_hash and created_at.  The key is the username, so uniqueness is the
+key's existence: a Lua script checks and writes in one step, and two nodes
+racing for one name (even on two sides of a mesh partition, as long as both
+reach Redis) get exactly one winner.  Boot reads every user with SCAN and
+pipelined HGETALL, one page per round trip, so a large user base neither
+blocks Redis (no KEYS) nor needs one huge reply.
+
+As in the SQLite store, only the daemon's worker thread calls this, and only at
+boot, on registration and on restore: lookups are served from the mesh cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import redis
+
+from daemon.store import UsernameTaken
+from discovery.redis import RedisLink, glob_escape
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("id", "username", "password_hash", "created_at")
+LOAD_PAGE = 1000      # users per SCAN page and per pipelined HGETALL at boot
+RESTORE_PAGE = 500    # users per pipelined restore round trip
+
+# Create the user only if the username is free; 1 when created, 0 when taken.
+INSERT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'username', ARGV[2], 'password_hash', ARGV[3], 'created_at', ARGV[4])
+return 1
+"""
+
+
+class RedisUserStore:
+    """The Users protocol on Redis, for one thread (redis-py clients are thread-safe, but one per thread is simplest)."""
+
+    def __init__(self, url: str, page: int = LOAD_PAGE) -> None:
+        self.link = RedisLink(url)
+        self.page = page
+        self.bad_rows = 0
+        self._insert = self.link.client.register_script(INSERT_LUA)
+
+    def _key(self, username: str) -> str:
+        return self.link.key("user", username)
+
+    def insert(self, user: dict) -> None:
+        created = self.link.call("register a user", lambda c: self._insert(
+            keys=[self._key(user["username"])], args=[str(user[f]) for f in FIELDS], client=c))
+        if created != 1:
+            raise UsernameTaken(user["username"])
+
+    def load(self) -> Iterator[dict]:
+        match = glob_escape(self.link.key("user")) + ":*"
+        for keys in self.link.scan("load the users", match, self.page):
+            for fields in self.link.hgetall_many("load the users", keys):
+                user = self._parse(fields)
+                if user is not None:
+                    yield user
+
+    def _parse(self, fields: dict) -> dict | None:
+        if not fields:  # deleted between SCAN and HGETALL
+            return None
+        if any(not fields.get(f) for f in FIELDS):
+            self.bad_rows += 1
+            log.warning("ignoring a user hash without %s", ", ".join(f for f in FIELDS if not fields.get(f)))
+            return None
+        return {f: fields[f] for f in FIELDS}
+
+    def restore(self, users: list[dict]) -> int:
+        """Write back every user Redis lacks (it restarted without persistence); existing names win."""
+        restored = 0
+        for i in range(0, len(users), RESTORE_PAGE):
+            page = users[i:i + RESTORE_PAGE]
+
+            def run(c: redis.Redis, page: list[dict] = page) -> list:
+                pipe = c.pipeline(transaction=False)
+                for user in page:
+                    self._insert(keys=[self._key(user["username"])], args=[str(user[f]) for f in FIELDS],
+                                 client=pipe)
+                return pipe.execute()
+            restored += sum(1 for r in self.link.call("restore users", run) if r == 1)
+        return restored
+
+    def close(self) -> None:
+        self.link.close()

@@ -1,0 +1,293 @@
+"""The cluster registry in Redis, for clusters whose nodes live on several hosts.
+
+A shared SQLite file cannot be shared safely over a network filesystem; Redis
+can be reached from every host.  Layout, under a prefix (default
+``logonmesh``, set with ``?prefix=`` in the URL so that one Redis can hold
+several clusters):
+
+* ``<prefix>:node:<name>``: a hash, one per live node, the fields of NodeRow.
+  Its TTL is the daemon's stale limit (10 x the down-after period, 30 s with
+  the defaults) and every heartbeat resets it, so a dead node's row vanishes
+  by itself: ``prune`` has nothing to do.
+
+Listing walks SCAN to the end (one page is never the whole answer), and a
+name read back is checked against ``NAME_RE`` before anything uses it: the
+keyspace is shared, so a row is input, not truth.
+
+Every Redis call goes through ``RedisLink``: short socket timeouts, and a
+breaker that fails calls at once for a second after the server was found
+unreachable.  The daemon's worker thread runs these calls, and a registration
+queued behind a heartbeat must not wait for a dead server's timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import asdict
+from typing import Callable, Iterator, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from daemon.config import NAME_RE
+from daemon.store import StoreUnavailable
+from discovery import NodeRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "logonmesh"
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CONNECT_TIMEOUT_S = 0.5   # a LAN connect that takes longer is not going to succeed
+SOCKET_TIMEOUT_S = 1.0    # one slow reply may delay the worker this long, no more
+PROBE_INTERVAL_S = 1.0    # after a failure, calls fail at once for this long, then one probes
+SCAN_COUNT = 500          # keys asked per SCAN page (a hint to Redis, not a limit)
+DEFAULT_ROW_TTL_MS = 30_000  # 10 x down-after x heartbeat at the default settings
+ROW_FIELDS = ("id", "bus_endpoint", "peer_endpoint", "host", "pid", "incarnation", "started_at",
+              "heartbeat_at")
+
+# Touch the row only if it is still ours (same incarnation): a restarted node's row is not ours to extend.
+REFRESH_LUA = """
+if redis.call('HGET', KEYS[1], 'incarnation') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+WITHDRAW_LUA = """
+if redis.call('HGET', KEYS[1], 'incarnation') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """Split ``redis://host:port/N?prefix=P`` into (the URL for redis-py, the key prefix).
+
+    Raises ValueError with a message for a person: the setting is checked at
+    start, not at the first query.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"must be redis://host:port/N, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"names no host: {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"has a bad port: {url!r}") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number (redis://host:port/N), got {path!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = DEFAULT_PREFIX
+    rest = []
+    for key, value in query:
+        if key == "prefix":
+            prefix = value
+        else:
+            rest.append((key, value))
+    if not PREFIX_RE.match(prefix):
+        raise ValueError(f"prefix must match [A-Za-z0-9_.-]{{1,64}}, got {prefix!r}")
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+
+
+def glob_escape(text: str) -> str:
+    """A literal for a SCAN MATCH pattern (prefixes may contain none of these, but names could)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class _Health:
+    """Whether a Redis URL answered lately; shared by every client of that URL in this process."""
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+        self.down_since: float | None = None
+        self.answered = False  # before the first answer, the caller reports (at start: one line, exit 1)
+
+    def failed(self, url: str, exc: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            if self.answered:
+                    log.warning("redis at %s is unreachable: %s (retrying every %.1f s)", url, exc,
+                            PROBE_INTERVAL_S)
+        self.down_until = time.monotonic() + PROBE_INTERVAL_S
+
+    def ok(self, url: str) -> None:
+        self.answered = True
+        if self.down_since is not None:
+            log.warning("redis at %s is back after %.1f s", url, time.monotonic() - self.down_since)
+            self.down_since = None
+        self.down_until = 0.0
+
+
+_health: dict[str, _Health] = {}
+_health_lock = threading.Lock()
+
+
+def health(url: str) -> _Health:
+    with _health_lock:
+        return _health.setdefault(url, _Health())
+
+
+class RedisLink:
+    """One redis-py client with short timeouts, a breaker, and errors turned into StoreUnavailable."""
+
+    def __init__(self, url: str) -> None:
+        client_url, self.prefix = parse_url(url)
+        self.url = redacted(url)
+        self.health = health(url)
+        # One quick retry on a connection error: after a Redis restart the pooled socket is stale
+        # and a fresh one works.  Timeouts are not retried: the server is not answering.
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        self.client = redis.Redis.from_url(
+            client_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S, retry=retry, health_check_interval=30)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def call(self, what: str, fn: Callable[[redis.Redis], T]) -> T:
+        """Run fn(client); any Redis failure becomes StoreUnavailable, naming what was being done."""
+        if time.monotonic() < self.health.down_until:
+            raise StoreUnavailable(f"cannot {what}: redis at {self.url} is unreachable")
+        try:
+            result = fn(self.client)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.health.failed(self.url, exc)
+            raise StoreUnavailable(f"cannot {what}: redis at {self.url} is unreachable ({exc})") from None
+        except redis.RedisError as exc:  # the server answered with an error (READONLY, OOM, auth...)
+            raise StoreUnavailable(f"cannot {what}: redis at {self.url} refused: {exc}") from None
+        self.health.ok(self.url)
+        return result
+
+    def scan(self, what: str, match: str, count: int) -> Iterator[list[str]]:
+        """Every key matching, one SCAN page at a time, until the cursor comes back to 0.
+
+        SCAN may return a key twice; each is yielded once.
+        """
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, keys = self.call(what, lambda c: c.scan(cursor, match=match, count=count))
+            fresh = [k for k in keys if k not in seen]
+            seen.update(fresh)
+            if fresh:
+                yield fresh
+            if int(cursor) == 0:
+                return
+
+    def hgetall_many(self, what: str, keys: list[str]) -> list[dict]:
+        """One round trip for a page of hashes (pipelined, no transaction needed for reads)."""
+        def run(c: redis.Redis) -> list[dict]:
+            pipe = c.pipeline(transaction=False)
+            for k in keys:
+                pipe.hgetall(k)
+            return pipe.execute()
+        return self.call(what, run)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisRegistry:
+    """The Registry protocol on Redis: one hash per node, expiring unless its heartbeat refreshes it."""
+
+    def __init__(self, url: str, row_ttl_ms: int | None = None, scan_count: int = SCAN_COUNT) -> None:
+        self.link = RedisLink(url)
+        self.ttl_ms = int(row_ttl_ms or DEFAULT_ROW_TTL_MS)
+        self.scan_count = scan_count
+        self.bad_rows = 0
+        self._reported: set[str] = set()
+        self._refresh = self.link.client.register_script(REFRESH_LUA)
+        self._withdraw = self.link.client.register_script(WITHDRAW_LUA)
+
+    def _key(self, node_id: str) -> str:
+        return self.link.key("node", node_id)
+
+    def announce(self, row: NodeRow) -> None:
+        if not NAME_RE.match(row.id):
+            raise ValueError(f"bad node name {row.id!r}")
+
+        def run(c: redis.Redis) -> None:
+            pipe = c.pipeline(transaction=True)
+            key = self._key(row.id)
+            pipe.delete(key)  # a stale row of an earlier incarnation must not leave fields behind
+            pipe.hset(key, mapping={k: str(v) for k, v in asdict(row).items()})
+            pipe.pexpire(key, self.ttl_ms)
+            pipe.execute()
+        self.link.call("announce this node", run)
+
+    def refresh(self, node_id: str, incarnation: int, heartbeat_at: float) -> bool:
+        touched = self.link.call("refresh this node's row", lambda c: self._refresh(
+            keys=[self._key(node_id)], args=[str(incarnation), str(heartbeat_at), self.ttl_ms], client=c))
+        return touched == 1
+
+    def peers(self) -> list[NodeRow]:
+        rows: list[NodeRow] = []
+        match = glob_escape(self.link.key("node")) + ":*"
+        for keys in self.link.scan("list the nodes", match, self.scan_count):
+            for key, fields in zip(keys, self.link.hgetall_many("read the nodes", keys)):
+                row = self._parse(key, fields)
+                if row is not None:
+                    rows.append(row)
+        return rows
+
+    def _parse(self, key: str, fields: dict) -> NodeRow | None:
+        """A row we can trust, or None (counted, and logged once per key)."""
+        name = key[len(self.link.key("node")) + 1:]
+        if not fields:  # expired between SCAN and HGETALL
+            return None
+        problem = None
+        if not NAME_RE.match(name):
+            problem = "bad node name"
+        elif fields.get("id") != name:
+            problem = "id does not match the key"
+        else:
+            try:
+                row = NodeRow(id=name, bus_endpoint=_tcp(fields["bus_endpoint"]),
+                              peer_endpoint=_tcp(fields["peer_endpoint"]), host=fields["host"],
+                              pid=int(fields["pid"]), incarnation=int(fields["incarnation"]),
+                              started_at=float(fields["started_at"]),
+                              heartbeat_at=float(fields["heartbeat_at"]))
+                return row
+            except (KeyError, ValueError) as exc:
+                problem = f"malformed row ({exc})"
+        self.bad_rows += 1
+        if key not in self._reported and len(self._reported) < 1000:
+            self._reported.add(key)
+            log.warning("ignoring registry key %r: %s", key[:200], problem)
+        return None
+
+    def withdraw(self, node_id: str, incarnation: int) -> None:
+        self.link.call("withdraw this node", lambda c: self._withdraw(
+            keys=[self._key(node_id)], args=[str(incarnation)], client=c))
+
+    def prune(self, stale_before: float) -> list[str]:
+        """Nothing to do: each row's TTL deletes it once it is stale."""
+        return []
+
+    def close(self) -> None:
+        self.link.close()
+
+
+def _tcp(endpoint: str) -> str:
+    if not endpoint.startswith("tcp://") or len(endpoint) > 300:
+        raise ValueError(f"not a tcp endpoint: {endpoint[:60]!r}")
+    return endpoint
