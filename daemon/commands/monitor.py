@@ -47,12 +47,14 @@ def monitor(**values: Any) -> None:
     try:
         wait_hello(sub, key, name)
         note(f"monitor: listening to the sockets of node {name} ({how})")
-        stream(sub, key, Stop(args["count"]), args["as_json"])
+        alive = stream(sub, key, Stop(args["count"]), args["as_json"], path)
     except KeyboardInterrupt:
-        pass
+        alive = True  # Ctrl-C is how a monitor is meant to end: exit 0
     finally:
         sub.close(linger=0)
         ctx.term()
+    if not alive:
+        fail(f"the daemon of node {name} stopped (its monitor socket {shown(path)} is gone)")
 
 
 def wait_hello(sub: zmq.Socket, key: bytes, name: str) -> None:
@@ -71,9 +73,12 @@ def wait_hello(sub: zmq.Socket, key: bytes, name: str) -> None:
     fail(f"the monitor feed of node {name} did not answer within {HELLO_WAIT_S:g} s")
 
 
-def stream(sub: zmq.Socket, key: bytes, stop: Stop, as_json: bool) -> None:
+def stream(sub: zmq.Socket, key: bytes, stop: Stop, as_json: bool, path: str) -> bool:
+    """Print events until --count; False when the daemon went away (its socket file is removed on shutdown)."""
     while True:
         if not sub.poll(POLL_MS):
+            if not os.path.exists(path):
+                return False
             continue
         try:
             env = wire.decode(key, sub.recv())
@@ -85,7 +90,7 @@ def stream(sub: zmq.Socket, key: bytes, stop: Stop, as_json: bool) -> None:
             continue  # another subscriber's greeting
         show({**env.payload, "node": env.sender}, as_json)
         if stop.one():
-            return
+            return True
 
 
 def show(event: dict, as_json: bool) -> None:

@@ -1,0 +1,356 @@
+"""The inspection CLI (issue 5), run as the real ``logonmesh`` console script against real daemons.
+
+Each subcommand is checked in human and --json form on a two-node cluster;
+every error path for its exit code and its one line.  Streams (tap, monitor)
+run as background processes read line by line: a test acts only after the
+stream said "listening", waits with deadlines, never with bare sleeps, and
+kills the process whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+import pytest
+
+from daemon.testing import LocalCluster, eventually
+
+EXE = shutil.which("logonmesh", path=os.path.dirname(sys.executable)) or shutil.which("logonmesh")
+SECRET_HASH = "scrypt:32768:8:1$do-not-print-me"
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+def run(c: LocalCluster, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """One run of the console script with the cluster's settings, from the cluster's directory."""
+    return subprocess.run([EXE, *args], env=c.env, cwd=c.dir, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("logonmesh: "), proc.stderr
+    assert text in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+class Stream:
+    """A long-running subcommand whose stdout and stderr lines are read as they come."""
+
+    def __init__(self, c: LocalCluster, *args: str) -> None:
+        self.proc = subprocess.Popen([EXE, *args], env=c.env, cwd=c.dir, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: queue.Queue[str] = queue.Queue()
+        self.err: queue.Queue[str] = queue.Queue()
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        for pipe, q in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=lambda p=pipe, q=q: [q.put(line) for line in p], daemon=True).start()
+
+    def wait_err(self, text: str, timeout: float = 10) -> str:
+        return self._wait(self.err, self.errors, lambda line: text in line, timeout)
+
+    def wait_out(self, pred: Callable[[str], bool], timeout: float = 10) -> str:
+        return self._wait(self.out, self.lines, pred, timeout)
+
+    def _wait(self, q: queue.Queue, seen: list[str], pred: Callable[[str], bool], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = q.get(timeout=left)
+            except queue.Empty:
+                break
+            seen.append(line)
+            if pred(line):
+                return line
+        raise AssertionError(f"no such line within {timeout}s; stdout {self.lines!r} stderr {self.errors!r}")
+
+    def finish(self, timeout: float = 10) -> int:
+        return self.proc.wait(timeout)
+
+    def rest(self) -> tuple[list[str], list[str]]:
+        """Every line, once the process has ended."""
+        self.proc.wait(10)
+        for q, seen in ((self.out, self.lines), (self.err, self.errors)):
+            while True:
+                try:
+                    seen.append(q.get(timeout=0.5))
+                except queue.Empty:
+                    break
+        return self.lines, self.errors
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(heartbeat_ms=100) as c:
+        n1, n2 = c.start_nodes("n", 2, web=False)
+        n1.call("register", username="alice", password_hash=SECRET_HASH)
+        eventually(lambda: _assert_has_user(n2, "alice"))
+        yield c
+
+
+# ---- peers, status, cache ------------------------------------------------------------
+
+def test_peers_lists_both_nodes_as_up(cluster):
+    proc = run(cluster, "peers")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("as seen by node n1 (first daemon in run)")
+    assert lines[1].split()[:6] == ["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST"]
+    assert lines[2].split()[:2] == ["n1", "self"] and lines[3].split()[:2] == ["n2", "up"]
+    assert "same" in lines[3]
+    assert all(len(line) <= 80 for line in lines)
+
+    data = json.loads(run(cluster, "peers", "--json", "--node", "n2").stdout)
+    assert data["node"] == "n2" and data["healthy"] is True
+    states = {p["name"]: p["state"] for p in data["peers"]}
+    assert states == {"n1": "up", "n2": "self"}
+    n1 = next(p for p in data["peers"] if p["name"] == "n1")
+    assert n1["bus"].startswith("tcp://") and n1["last_seq"] > 0 and n1["heartbeat_age_s"] < 5
+
+
+def test_status_shows_one_daemons_view(cluster):
+    proc = run(cluster, "status", "--node", "n2")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for needle in ("node n2 (--node)", "uptime", "incarnation", " users, ", " tombstones",
+                   "partition    none", "loss         none", "MESSAGES", "bad_signature 0", "repairs: started"):
+        assert needle in text, (needle, text)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    hb = next(line.split() for line in text.splitlines() if line.startswith("hb "))
+    assert int(hb[1]) > 0 and int(hb[2]) > 0
+
+    data = json.loads(run(cluster, "status", "--json").stdout)
+    assert data["node"] == "n1" and data["cache"]["users"] == 1
+    assert data["stats"]["out_hb"] > 0 and data["blocked"] == [] and data["loss"] == 0
+    assert data["pid"] > 0 and data["monitor"]["endpoint"].endswith("n1.monitor.ipc")
+
+
+def test_cache_shows_versions_but_never_a_hash_or_a_whole_token(cluster):
+    n1 = cluster.node("n1")
+    token = n1.call("session_create", username="alice")["token"]
+    users = run(cluster, "cache")
+    assert users.returncode == 0 and "alice" in users.stdout and "VERSION" in users.stdout
+    sessions = run(cluster, "cache", "--sessions", "--user", "alice")
+    assert token[:8] in sessions.stdout and "alice" in sessions.stdout
+    data = json.loads(run(cluster, "cache", "--json", "--sessions").stdout)
+    assert data["entries"] and all(e["key"].endswith("…") and len(e["key"]) == 9 for e in data["entries"])
+    users_json = json.loads(run(cluster, "cache", "--json", "--node", "n2").stdout)
+    assert [e["key"] for e in users_json["entries"]] == ["alice"] and users_json["entries"][0]["hlc"] > 0
+    for out in (users.stdout, sessions.stdout, json.dumps(data), json.dumps(users_json)):
+        assert "do-not-print-me" not in out and token not in out
+    assert "bob" not in run(cluster, "cache", "--user", "bob").stdout
+
+
+# ---- tap -------------------------------------------------------------------------------
+
+def test_tap_sees_the_merge_of_a_registration_made_while_it_listens(cluster):
+    tap = Stream(cluster, "tap", "--type", "merge", "--count", "1")
+    try:
+        tap.wait_err("tap: listening to n1, n2")
+        cluster.node("n1").call("register", username="tapped", password_hash=SECRET_HASH)
+        assert tap.finish() == 0
+        lines, _ = tap.rest()
+    finally:
+        tap.kill()
+    assert len(lines) == 1
+    fields = lines[0].split()
+    assert fields[1] == "n1" and int(fields[2]) > 0 and fields[3] == "merge"
+    assert "1 entry: user tapped" in lines[0] and "do-not-print-me" not in lines[0]
+
+
+def test_tap_json_is_ndjson_and_redacted(cluster):
+    tap = Stream(cluster, "tap", "--json", "--type", "merge", "--count", "1", "--node", "n2")
+    try:
+        tap.wait_err("tap: listening to n2")
+        cluster.node("n2").call("register", username="tapped2", password_hash=SECRET_HASH)
+        assert tap.finish() == 0
+        lines, _ = tap.rest()
+    finally:
+        tap.kill()
+    record = json.loads(lines[0])
+    assert record["sender"] == "n2" and record["type"] == "merge" and record["seq"] > 0
+    assert record["payload"]["entries"][0]["key"] == "tapped2"
+    assert "do-not-print-me" not in lines[0]
+
+
+def test_tap_counts_heartbeats_of_the_chosen_node(cluster):
+    proc = run(cluster, "tap", "--node", "n2", "--type", "heartbeat", "--count", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and all(line.split()[1:4:2] == ["n2", "heartbeat"] for line in lines)
+    seqs = [int(line.split()[2]) for line in lines]
+    assert seqs == sorted(seqs)
+
+
+def test_tap_shows_frames_it_cannot_verify_as_rejects(cluster):
+    proc = run(cluster, "tap", "--cookie", "not-the-cookie", "--count", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all("REJECT bad_signature" in line for line in lines)
+    data = json.loads(run(cluster, "tap", "--cookie", "x", "--count", "1", "--json").stdout)
+    assert data["type"] == "reject" and data["reason"] == "bad_signature" and data["claimed_sender"] in ("n1", "n2")
+
+
+def test_tap_stops_cleanly_on_ctrl_c(cluster):
+    tap = Stream(cluster, "tap")
+    try:
+        tap.wait_err("listening")
+        tap.wait_out(lambda line: "heartbeat" in line)
+        tap.proc.send_signal(signal.SIGINT)
+        assert tap.finish() == 0
+        _, errors = tap.rest()
+    finally:
+        tap.kill()
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in errors), errors
+
+
+# ---- ping --------------------------------------------------------------------------------
+
+def test_ping_reports_each_pong_and_the_summary(cluster):
+    proc = run(cluster, "ping", "n2", "--count", "3", "--interval", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("PING n2 at tcp://")
+    assert [line.split()[3] for line in lines[1:4]] == ["n=1", "n=2", "n=3"]
+    assert "3 sent, 3 received, 0% loss" in proc.stdout and "rtt min/avg/max = " in proc.stdout
+    data = json.loads(run(cluster, "ping", "n1", "--count", "2", "--interval", "0", "--json").stdout)
+    assert data["received"] == 2 and data["min_ms"] <= data["avg_ms"] <= data["max_ms"]
+
+
+def test_ping_without_any_pong_exits_1(cluster):
+    proc = run(cluster, "ping", "n2", "--count", "1", "--timeout", "0.3", "--cookie", "not-the-cookie")
+    assert proc.returncode == 1, proc.stdout
+    assert "no pong for n=1" in proc.stdout and "1 sent, 0 received, 100% loss" in proc.stdout
+
+
+# ---- partition and heal --------------------------------------------------------------------
+
+def test_partition_shows_in_peers_and_heal_restores(cluster):
+    try:
+        cut = run(cluster, "partition", "n1")
+        assert cut.returncode == 0, cut.stderr
+        assert cut.stdout.splitlines() == ["n1 now drops n2", "n2 now drops n1"]
+        peers = run(cluster, "peers")
+        assert peers.returncode == 1
+        assert "n2 is down: partitioned" in peers.stdout and "2 nodes, 1 down" in peers.stdout
+        data = json.loads(run(cluster, "peers", "--json", "--node", "n2").stdout)
+        assert data["healthy"] is False and {p["name"]: p["state"] for p in data["peers"]}["n1"] == "down"
+        assert json.loads(run(cluster, "status", "--json").stdout)["blocked"] == ["n2"]
+
+        healed = run(cluster, "heal")
+        assert healed.returncode == 0 and healed.stdout.count("healed") == 2
+        eventually(lambda: _assert_rc(run(cluster, "peers"), 0), timeout=10)
+    finally:
+        cluster.heal()
+
+
+def test_partition_from_and_json(cluster):
+    try:
+        data = json.loads(run(cluster, "partition", "n2", "--from", "n1", "--json").stdout)
+        assert data == {"blocked": {"n1": ["n2"], "n2": ["n1"]}, "not_told": []}
+        assert json.loads(run(cluster, "heal", "--json").stdout) == {"healed": ["n1", "n2"], "errors": []}
+    finally:
+        cluster.heal()
+    eventually(lambda: _assert_rc(run(cluster, "peers"), 0), timeout=10)
+
+
+def _assert_has_user(node, username: str) -> None:
+    assert node.call("user", username=username) is not None, f"{username} not on {node.name} yet"
+
+
+def _assert_rc(proc: subprocess.CompletedProcess, code: int) -> None:
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, text", [
+    (["status", "--node", "n3"], "no daemon is running for node n3 (no socket at run/n3.ipc)"),
+    (["cache", "--node", "n3"], "no daemon is running for node n3 (no socket at run/n3.ipc)"),
+    (["monitor", "--node", "n3"], "no daemon is running for node n3 (no socket at run/n3.ipc)"),
+    (["peers", "--bogus"], "No such option '--bogus' (see 'logonmesh peers --help')"),
+    (["status", "--node", "N!"], "'N!' is not a node name"),
+    (["tap", "--type", "gossip"], "Invalid value for '--type'"),
+    (["tap", "--node", "n9"], "unknown node n9: not in the clusters table (known: n1, n2)"),
+    (["ping", "n9"], "unknown node n9: not in the clusters table"),
+    (["ping"], "Missing argument 'NAME'"),
+    (["partition", "n9"], "unknown node n9 (known: n1, n2)"),
+    (["partition", "n1", "--from", "n1"], "a node cannot be cut from itself"),
+    (["peers", "--db", "/nonexistent/cluster.db"], "no cluster database at /nonexistent/cluster.db"),
+    (["status", "--run-dir", "/nonexistent"], "no daemon is running (no socket in /nonexistent)"),
+    (["heal", "--run-dir", "/nonexistent"], "no daemon is running (no socket in /nonexistent)"),
+    (["status", "--cookie", "not-the-cookie"], "the daemon of node n1 did not answer within 2000 ms"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+])
+def test_errors_are_one_line_and_exit_2(cluster, args, text):
+    one_line_error(run(cluster, *args), 2, text)
+
+
+def test_no_cookie_anywhere_is_an_error_not_a_new_cookie(cluster):
+    env = {k: v for k, v in cluster.env.items() if k != "LOGONMESH_COOKIE"}
+    proc = subprocess.run([EXE, "status"], env=env, cwd=cluster.dir, capture_output=True, text=True, timeout=30)
+    one_line_error(proc, 2, "no cluster cookie: set --cookie / LOGONMESH_COOKIE")
+    assert not os.path.exists(os.path.join(cluster.dir, "cookie"))
+
+
+# ---- monitor (its own cluster: a node joins and leaves) ----------------------------------------
+
+def test_monitor_shows_a_new_node_connecting_and_peers_remembers_it_lost():
+    with LocalCluster(heartbeat_ms=100) as c:
+        n1, n2 = c.start_nodes("n", 2, web=False)
+        mon = Stream(c, "monitor", "--json", "--node", "n1")
+        try:
+            mon.wait_err("monitor: listening to the sockets of node n1 (--node)")
+            n3, = c.start_nodes("n", 1, web=False)
+            bus = n3.status()["bus"]
+            event = json.loads(mon.wait_out(lambda line: '"CONNECTED"' in line and bus in line))
+            assert event["socket"] == "bus-sub" and event["node"] == "n1"
+        finally:
+            mon.kill()
+        eventually(lambda: _assert_listeners(c, 0))   # the daemon stopped its monitors when we left
+
+        human = Stream(c, "monitor", "--count", "2")
+        try:
+            human.wait_err("listening")
+            run(c, "ping", "n1", "--count", "1")       # a new connection to n1's peer socket
+            assert human.finish() == 0
+            lines, _ = human.rest()
+        finally:
+            human.kill()
+        assert [line.split()[1:3] for line in lines] == [["peer-router", "ACCEPTED"],
+                                                          ["peer-router", "HANDSHAKE_SUCCEEDED"]]
+
+        n3.kill()   # a crash: its row stays until pruned, and the daemons remember it as lost
+        eventually(lambda: _assert_rc(run(c, "peers"), 1), timeout=10)
+        assert "n3 is down" in run(c, "peers").stdout
+
+        watching = Stream(c, "monitor", "--node", "n2")
+        try:
+            watching.wait_err("listening")
+            assert n2.daemon.stop() == 0                  # a watched daemon still shuts down cleanly
+            assert watching.finish() == 2
+            _, errors = watching.rest()
+        finally:
+            watching.kill()
+        assert errors[-1].strip() == "logonmesh: the daemon of node n2 stopped (its monitor socket " \
+                                     "run/n2.monitor.ipc is gone)"
+        assert not [f for f in os.listdir(c.run_dir) if f.startswith("n2.")]  # sockets and lock removed
+
+
+def _assert_listeners(c: LocalCluster, n: int) -> None:
+    assert c.node("n1").status()["monitor"]["listeners"] == n
