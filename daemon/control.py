@@ -262,6 +262,8 @@ def _subjects(subjects: list) -> list[str]:
 def _owner(kind: str, key: str, value: dict | None) -> str | None:
     if kind == "u":
         return key
+    if kind == "t":  # "<subject>@<node>"
+        return key.rsplit("@", 1)[0]
     return value["user"] if value else None
 
 
@@ -270,6 +272,8 @@ def _redacted(kind: str, key: str, hlc: int, origin: str, value: dict | None, ex
     row = {"kind": kind, "hlc": hlc, "origin": origin, "expires": expires, "tombstone": value is None}
     if kind == "u":
         row.update(key=key, id=value["id"] if value else None, created_at=value["created_at"] if value else None)
+    elif kind == "t":
+        row.update(key=key, failures=value["n"] if value else None)
     else:
         row.update(key=key[:8] + "…", user=value["user"] if value else None)
     return row

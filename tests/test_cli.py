@@ -156,6 +156,24 @@ def test_cache_shows_versions_but_never_a_hash_or_a_whole_token(cluster):
     assert "bob" not in run(cluster, "cache", "--user", "bob").stdout
 
 
+def test_cache_and_tap_show_login_failure_counts(cluster):
+    tap = Stream(cluster, "tap", "--type", "merge", "--count", "1", "--node", "n2")
+    try:
+        tap.wait_err("listening")
+        cluster.node("n2").call("failures_add", subjects=["mallory"], window_s=60)
+        assert tap.finish() == 0
+        lines, _ = tap.rest()
+    finally:
+        tap.kill()
+    assert "failures mallory@n2 = 1" in lines[0]
+    proc = run(cluster, "cache", "--node", "n2", "--user", "mallory")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].split()[:2] == ["LOGIN", "FAILURES"]
+    assert proc.stdout.splitlines()[2].split()[:2] == ["mallory@n2", "1"]
+    data = json.loads(run(cluster, "cache", "--json", "--node", "n2", "--user", "mallory").stdout)
+    assert [(e["kind"], e["key"], e["failures"]) for e in data["entries"]] == [("t", "mallory@n2", 1)]
+
+
 # ---- tap -------------------------------------------------------------------------------
 
 def test_tap_sees_the_merge_of_a_registration_made_while_it_listens(cluster):

@@ -185,6 +185,8 @@ def _entry_text(entry: list) -> str:
     kind, key, _, _, value, _ = entry
     if kind == "u":
         return f"user {key}" + (" (deleted)" if value is None else "")
+    if kind == "t":
+        return f"failures {key} " + (f"= {value['n']}" if value else "reset")
     return f"session {key[:8]}… " + (f"of {value['user']}" if value else "revoked")
 
 

@@ -120,7 +120,8 @@ def print_status(st: dict, how: str) -> None:
         ["uptime", ago(st["uptime_s"])], ["incarnation", st["incarnation"]], ["pid", st.get("pid")],
         ["bus", st["bus"]], ["peer", st["peer"]],
         ["peers up", ", ".join(st["peers_up"]) or "none"],
-        ["cache", f"{cache['users']} users, {cache['sessions']} sessions, {cache['tombstones']} tombstones"],
+        ["cache", f"{cache['users']} users, {cache['sessions']} sessions, {cache['tombstones']} tombstones"
+                  + (f", {cache['failure_counts']} failure counts" if "failure_counts" in cache else "")],
         ["digest", st["digest"][:16]],
         ["partition", "blocks " + ", ".join(st["blocked"]) if st["blocked"] else "none"],
         ["loss", f"{st['loss']:.0%} of incoming bus messages dropped" if st["loss"] else "none"],
@@ -187,9 +188,15 @@ def cache(**values: Any) -> None:
         return
     what = "sessions" if args["sessions"] else "users"
     out(f"{what} in the cache of node {name} ({how})")
-    out(_sessions_table(entries) if args["sessions"] else _users_table(entries))
+    if args["sessions"]:
+        out(_sessions_table(entries))
+    else:
+        users = [e for e in entries if e["kind"] == "u"]
+        failures = [e for e in entries if e["kind"] == "t"]
+        tables = [_users_table(users)] if users or not failures else []
+        out("\n\n".join(tables + ([_failures_table(failures)] if failures else [])))
     more = " (the --limit; there may be more)" if len(entries) >= args["limit"] else ""
-    out(f"{len(entries)} {what[:-1] if len(entries) == 1 else what}{more}")
+    out(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}{more}")
 
 
 def _users_table(entries: list[dict]) -> str:
@@ -202,3 +209,11 @@ def _sessions_table(entries: list[dict]) -> str:
     rows = [[e["key"], e["user"] or "(revoked)", version_text(e["hlc"]), e["origin"][:12],
              "in " + ago((e["expires"] - now_ms) / 1000) if e["expires"] else "never"] for e in entries]
     return table(["TOKEN", "USER", "VERSION", "ORIGIN", "EXPIRES"], rows)
+
+
+def _failures_table(entries: list[dict]) -> str:
+    """Login-failure counts: one key per subject and counting node, so the cluster's count is their sum."""
+    now_ms = time.time() * 1000
+    rows = [[e["key"], e["failures"] if e["failures"] is not None else "reset", version_text(e["hlc"]),
+             "in " + ago((e["expires"] - now_ms) / 1000) if e["expires"] else "never"] for e in entries]
+    return table(["LOGIN FAILURES", "COUNT", "VERSION", "EXPIRES"], rows)
