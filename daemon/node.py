@@ -510,9 +510,12 @@ class Daemon:
     def _answer_peer(self, env: wire.Envelope) -> tuple[str, dict] | None:
         p = env.payload
         if env.type == "announce":
+            before = self.membership.peers.get(env.sender)
             peer, changed = self.membership.learn(env.sender, p["bus"], p["peer"], env.incarnation)
             if changed:
                 log.info("peer %s announced itself", env.sender)
+                if before is not None and before.bus_endpoint != peer.bus_endpoint:
+                    self.bus.unfollow(before.bus_endpoint)  # it restarted: stop dialling its dead PUB
             self.bus.follow(peer.bus_endpoint)
             return "ack", {}
         if env.type == "tree_req":

@@ -372,3 +372,20 @@ def test_monitor_shows_a_new_node_connecting_and_peers_remembers_it_lost():
 
 def _assert_listeners(c: LocalCluster, n: int) -> None:
     assert c.node("n1").status()["monitor"]["listeners"] == n
+
+
+def test_monitor_shows_that_a_restarted_peer_is_no_longer_dialled_at_its_old_endpoint():
+    """Found with `logonmesh monitor`: a peer that restarted and announced its new endpoints was
+    still dialled at its old bus endpoint, ten times a second, for ever."""
+    with LocalCluster(heartbeat_ms=100) as c:
+        n1, n2 = c.start_nodes("n", 2, web=False)
+        old_bus = n2.status()["bus"]
+        n2.restart()
+        assert n2.status()["bus"] != old_bus
+        mon = Stream(c, "monitor", "--json", "--node", "n1")
+        try:
+            mon.wait_err("listening")
+            with pytest.raises(AssertionError, match="no such line"):
+                mon.wait_out(lambda line: old_bus in line, timeout=1.5)  # libzmq retries every ~100 ms
+        finally:
+            mon.kill()

@@ -98,7 +98,8 @@ def show(event: dict, as_json: bool) -> None:
         emit_json(event)
         return
     detail = _detail(event)
-    out(clip(f"{clock(event['t'])}  {event['socket']:<11}  {event['event']:<19}  {event['endpoint'] or '-'}"
+    endpoint = (event["endpoint"] or "-").removeprefix("tcp://")
+    out(clip(f"{clock(event['t'])}  {event['socket']:<11}  {event['event']:<19}  {endpoint}"
              f"{'  ' + detail if detail else ''}", WIDTH))
 
 
@@ -110,5 +111,5 @@ def _detail(event: dict) -> str:
     if "FAILED" in name and value:
         return os.strerror(value)
     if name == "CONNECT_RETRIED":
-        return f"retry in {value} ms"
+        return f"retry in {value}ms"
     return ""
