@@ -47,6 +47,7 @@ class Cache:
         self.kinds: dict[str, dict[str, Item]] = {"u": {}, "s": {}, "t": {}}
         self.digest = Digest()
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
+        self.session_changes: list[WireEntry] = []      # drained by the daemon into the session feed
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -80,6 +81,8 @@ class Cache:
         table[key] = (hlc, origin, value, expires)
         if expires:
             heapq.heappush(self._expiry, (expires, kind, key))
+        if kind == "s":
+            self.session_changes.append(entry)
         return True
 
     def purge(self, now: int | None = None) -> int:

@@ -34,6 +34,7 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "session_create": {"username": str},
     "session_resolve": {"token": str},
     "session_revoke": {"token": str},
+    "sessions_snapshot": {},
     "status": {},
     "peers": {},
     "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
@@ -137,7 +138,15 @@ class Control:
         item = d.cache.get("s", token)
         expires = item[3] if item else d.now() + d.settings.session_ttl_s * 1000
         d.write("s", token, None, expires)
-        reply({})
+        reply({"expires": expires})
+
+    def op_sessions_snapshot(self, reply: Reply) -> None:
+        """Every live session and tombstone, stamped with the session feed's sequence number."""
+        d = self.d
+        d.flush_sessions()  # so the stamp covers everything in the snapshot
+        entries = [[k, key, *item] for k, key, item in
+                   (("s", key, item) for key, item in d.cache.kinds["s"].items())]
+        reply({"seq": d.feed.seq, "incarnation": d.feed.codec.incarnation, "entries": entries})
 
     # ---- inspection and fault injection ---------------------------------
 

@@ -29,6 +29,7 @@ from daemon.guard import Refusals, ReplayWindow
 from daemon.config import WILDCARDS, Settings, ensure_run_dir, resolve_cookie
 from daemon.hlc import HLC
 from daemon.membership import Membership, Peer, monotonic_ms
+from daemon.feed import SessionFeed, feed_path
 from daemon.monitor import MonitorFeed, open_feed
 from daemon.store import open_users
 from daemon.sync import Repairs
@@ -90,6 +91,7 @@ class Daemon:
         self.bus: Bus | None = None
         self.membership: Membership | None = None
         self.monitor: MonitorFeed | None = None
+        self.feed: SessionFeed | None = None
 
     # ---- start and stop -------------------------------------------------
 
@@ -140,6 +142,8 @@ class Daemon:
         self.membership = Membership(self.name, self.ctx, self.curve, s.down_after_ms,
                                      STALE_ROW_FACTOR * s.down_after_ms)
         self.repairs = Repairs(self.cache, self.stats, timeout_ms=max(1000, 3 * s.heartbeat_ms))
+        self.feed = SessionFeed(self.ctx, feed_path(s.run_dir, self.name),
+                                wire.Codec(self.cookie, self.name, self.incarnation))
         self.monitor = open_feed(self.ctx, s.run_dir, wire.Codec(self.cookie, self.name, self.incarnation),
                                  {"bus-pub": self.bus.pub, "bus-sub": self.bus.sub, "peer-router": self.router})
 
@@ -147,6 +151,9 @@ class Daemon:
         if self.monitor is not None:  # first: its monitors must be disabled before their sockets close
             self.monitor.close()
             self.monitor = None
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
         if self.membership is not None:
             for peer in self.membership.peers.values():
                 peer.close()
@@ -228,6 +235,14 @@ class Daemon:
         except Exception:
             self.stats["internal_errors"] += 1
             log.exception("handler failed; the daemon keeps serving")
+        self.flush_sessions()
+
+    def flush_sessions(self) -> None:
+        """Whatever the last handler changed in sessions goes to the web's mirror, in one message."""
+        changes = self.cache.session_changes
+        if changes:
+            self.cache.session_changes = []
+            self.feed.publish(changes)
 
     def close(self) -> None:
         log.info("node %s leaving the cluster", self.name)
@@ -278,6 +293,7 @@ class Daemon:
         payload = {"size": len(self.cache), "digest": self.cache.digest.root,
                    "bus": self.bus.endpoint, "peer": self.peer_endpoint}
         self._publish("hb", payload)
+        self.feed.tick()
         if not self._refreshing:
             self._refreshing = True
             beat = time.time()

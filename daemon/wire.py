@@ -64,6 +64,9 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "push": {"entries": list},                          # step 5: what you lacked
     "ping": {"n": int, "t": float},
     "pong": {"n": int, "t": float},
+    # session feed (daemon -> its web, ipc PUB/SUB)
+    "sessions": {"entries": list},
+    "tick": {},
     # ipc socket (client -> daemon and back)
     "req": {"id": int, "op": str, "args": dict},
     "rep": {"id": int, "ok": bool, "result": (dict, list, type(None)), "error": (str, type(None))},

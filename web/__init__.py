@@ -16,7 +16,10 @@ from flask_wtf.csrf import CSRFProtect
 
 from daemon.client import DaemonClient
 from daemon.config import Settings, resolve_cookie
+from web import security
+from daemon.feed import feed_path
 from web.link import DaemonLink
+from web.mirror import SessionMirror
 
 MAX_BODY_BYTES = 64 * 1024
 DAEMON_TIMEOUT_MS = 1000  # one slow daemon call must leave room for a 503 within 2 s
@@ -28,6 +31,15 @@ csrf = CSRFProtect()
 def derive_secret_key(cookie: bytes) -> bytes:
     """A key only for Flask, derived so that a leaked web key does not reveal the wire key."""
     return hmac.new(cookie, SECRET_CONTEXT, hashlib.sha256).digest()
+
+
+def mirror_staleness(settings: Settings) -> float:
+    """Trust the session mirror for a heartbeat and a half past the last tick (the daemon ticks each beat).
+
+    That bounds how long a frozen daemon can leave a logout elsewhere unseen,
+    and stays under the 2 s in which a dead daemon must turn into a 503.
+    """
+    return min(1.5 * settings.heartbeat_ms / 1000 + 0.1, 1.8)
 
 
 def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
@@ -42,10 +54,15 @@ def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         LOGONMESH_NODE=settings.require_name(),
     )
-    app.extensions["logonmesh.daemon"] = DaemonLink(client or DaemonClient(
-        settings.ipc_path, cookie, name=f"web-{settings.name}", timeout_ms=DAEMON_TIMEOUT_MS))
+    client = client or DaemonClient(settings.ipc_path, cookie, name=f"web-{settings.name}",
+                                    timeout_ms=DAEMON_TIMEOUT_MS)
+    app.extensions["logonmesh.daemon"] = DaemonLink(client)
+    app.extensions["logonmesh.mirror"] = SessionMirror(
+        feed_path(settings.run_dir, settings.name), settings.ipc_path, cookie, client,
+        stale_after_s=mirror_staleness(settings))
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     csrf.init_app(app)
+    security.install(app, settings)
     _register(app)
     return app
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 from flask import current_app
 
 from web.link import DaemonLink
+from web.mirror import SessionMirror
 
 
 def daemon() -> DaemonLink:
     """The client to this node's daemon, set up once per app by create_app."""
     return current_app.extensions["logonmesh.daemon"]
+
+
+def mirror() -> SessionMirror:
+    """This node's local mirror of the daemon's sessions."""
+    return current_app.extensions["logonmesh.mirror"]
 
 
 def node_name() -> str:

@@ -1,4 +1,5 @@
-"""What the signed Flask session may hold: the daemon's session token and a local return path.
+"""What the signed Flask session may hold: the daemon's session token, when the session began and
+was last used (for its lifetimes), and a local return path.
 
 (Flask-WTF adds its CSRF state itself.)  The session cookie is shared by every
 node, so nothing node-specific belongs in it, and nothing a user could use to
@@ -7,15 +8,20 @@ leave the site: a return path is kept and followed only if it is local.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import request, session
+from flask import current_app, request, session
 
-from web.node import daemon
+from web.mirror import UNKNOWN
+from web.node import daemon, mirror
 
 TOKEN = "token"
 RETURN_PATH = "next"
+LOGGED_IN_AT = "login_at"   # unix seconds of the login: the absolute lifetime counts from here
+LAST_SEEN = "seen"          # unix seconds of the last request: the idle lifetime counts from here
+LIFETIMES = "LOGONMESH_SESSION_LIFETIMES"  # app.config: (idle_s, absolute_s)
 
 
 def is_local_path(target: str | None) -> bool:
@@ -49,11 +55,17 @@ def requested_path() -> str:
 
 
 def current_session() -> dict[str, Any] | None:
-    """Ask the daemon about the token on every request, so a logout anywhere counts at once."""
+    """The session behind the cookie's token: from the mirror when it is current, else from the daemon.
+
+    The mirror is kept exact by the daemon's feed, so a logout anywhere counts
+    here as soon as it reaches this node's daemon, with no round trip per page.
+    """
     token = session.get(TOKEN)
     if not token:
         return None
-    found = daemon().call("session_resolve", token=token)
+    found = mirror().lookup(token)
+    if found is UNKNOWN:
+        found = daemon().call("session_resolve", token=token)
     if found is None:
         session.pop(TOKEN, None)
     return found
@@ -64,14 +76,58 @@ def start_session(username: str) -> None:
     old = session.get(TOKEN)
     created = daemon().call("session_create", username=username)
     session[TOKEN] = created["token"]
+    session[LOGGED_IN_AT] = session[LAST_SEEN] = int(time.time())
     if old and old != created["token"]:
-        daemon().call("session_revoke", token=old)
+        revoke(old)
+
+
+def revoke(token: str) -> None:
+    """Revoke everywhere, and tell the local mirror at once so this node never serves it again."""
+    revoked = daemon().call("session_revoke", token=token)
+    mirror().revoked(token, revoked["expires"])
 
 
 def end_session() -> None:
     """Revoke first: if the daemon is down this raises, and the cookie keeps its token for a retry."""
     token = session.get(TOKEN)
     if token:
-        daemon().call("session_revoke", token=token)
+        revoke(token)
     session.pop(TOKEN, None)
     session.pop(RETURN_PATH, None)
+    session.pop(LOGGED_IN_AT, None)
+    session.pop(LAST_SEEN, None)
+
+
+def enforce_lifetimes() -> None:
+    """before_request: end a session that was idle too long or is older than its absolute lifetime.
+
+    The timestamps ride in the signed cookie, so every node applies the same
+    rule without a round trip.  The daemon's expiry (session_ttl_s) is the
+    first line for the absolute lifetime and this is the second; the idle
+    lifetime is the web's alone.  Ending revokes the token everywhere, so a
+    copy of the cookie taken before is dead as well.
+    """
+    token = session.get(TOKEN)
+    if token is None:
+        return
+    if not isinstance(token, str):  # no version of this app writes that: forget it, ask nobody
+        session.pop(TOKEN, None)
+        return
+    now = int(time.time())
+    if _expired(now):
+        end_session()
+    elif session.get(LAST_SEEN) != now:
+        session[LAST_SEEN] = now
+
+
+def _expired(now: int) -> bool:
+    """A cookie without both timestamps predates them, and is treated as expired."""
+    idle_s, absolute_s = current_app.config[LIFETIMES]
+    seen, since = session.get(LAST_SEEN), session.get(LOGGED_IN_AT)
+    if not (_is_stamp(seen) and _is_stamp(since)):
+        return True
+    return now - seen > idle_s or now - since > absolute_s
+
+
+def _is_stamp(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,93 @@
+"""The web's session mirror: pages are served without a daemon round trip, and stay exact.
+
+Real daemons, real web processes, real HTTP.  The mirror is kept by the
+daemon's session feed; these tests check what a user would notice: a logout on
+one node ends the session on the other within milliseconds, and pages keep
+working through a daemon restart.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+
+from daemon.testing import Browser, LocalCluster, Node, eventually
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(heartbeat_ms=100) as cluster:
+        cluster.start_nodes("m", 2)
+        yield cluster
+
+
+def login(node: Node) -> tuple[Browser, str]:
+    username = f"m-{uuid.uuid4().hex[:8]}"
+    b = Browser(node.url)
+    assert b.signup(username, PASSWORD).status_code == 302
+    assert b.login(username, PASSWORD).status_code == 302
+    return b, username
+
+
+def resolves(node: Node) -> int:
+    return node.status()["stats"].get("ipc_session_resolve", 0)
+
+
+def test_pages_are_served_from_the_mirror(local_cluster: LocalCluster) -> None:
+    n1, _ = local_cluster.nodes
+    b, username = login(n1)
+    eventually(lambda: b.authenticated())
+    before = resolves(n1)
+    for _ in range(20):
+        page = b.get("/budget")
+        assert page.status_code == 200 and username in page.text
+    assert resolves(n1) - before <= 1, "each page asked the daemon: the mirror is not in use"
+
+
+def test_a_logout_ends_the_session_on_the_other_node_within_milliseconds(local_cluster: LocalCluster) -> None:
+    n1, n2 = local_cluster.nodes
+    delays = []
+    for _ in range(10):
+        b, _ = login(n1)
+        on_n2 = b.at(n2.url)
+        eventually(on_n2.authenticated)
+        assert b.logout().status_code == 302
+        started = time.perf_counter()
+        eventually(lambda: not on_n2.authenticated(), timeout=1.0, interval=0.001)
+        delays.append(time.perf_counter() - started)
+    print(f"\nlogout on n1 -> refused on n2: median {statistics.median(delays) * 1000:.1f} ms, "
+          f"worst {max(delays) * 1000:.1f} ms")
+
+
+def test_the_node_that_logged_out_refuses_the_cookie_at_once(local_cluster: LocalCluster) -> None:
+    n1, _ = local_cluster.nodes
+    for _ in range(10):
+        b, _ = login(n1)
+        assert b.authenticated()
+        kept = Browser(n1.url, b.session.__class__())
+        kept.session.cookies.update(b.session.cookies)
+        b.logout()
+        assert not kept.authenticated(), "the web served a session it had just revoked"
+
+
+def test_the_mirror_recovers_after_a_daemon_restart(local_cluster: LocalCluster) -> None:
+    n1, n2 = local_cluster.nodes
+    b, username = login(n2)
+    on_n1 = b.at(n1.url)
+    eventually(on_n1.authenticated)
+    n1.daemon.stop()
+    n1.daemon.start()
+    local_cluster.wait_ready()
+    eventually(on_n1.authenticated, timeout=10)  # the session came back from n2 by repair
+    before = resolves(n1)
+    for _ in range(10):
+        assert on_n1.authenticated()
+    assert resolves(n1) - before <= 1, "after the restart the mirror was not used again"
+    b.logout()
+    eventually(lambda: not on_n1.authenticated(), timeout=1.0)

@@ -1,0 +1,157 @@
+"""The web's exact, local mirror of its daemon's sessions.
+
+A protected page must know whether a session token is valid.  Asking the
+daemon costs a round trip per request; this mirror answers from memory and is
+kept exact by the daemon's session feed (``daemon.feed``), in the manner of
+the Clone pattern: subscribe first, then take a snapshot stamped with the
+feed's sequence number, then apply every later update in order.  A gap, a new
+daemon incarnation or silence makes the mirror untrusted until the next
+snapshot, and an untrusted mirror says "ask the daemon" (``UNKNOWN``), so the
+answer is never older than ``stale_after_s``.  One thread owns the SUB socket;
+request threads only read the dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from daemon import wire
+from daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = object()   # the mirror cannot vouch for the answer: ask the daemon
+POLL_MS = 100
+PURGE_EVERY_S = 10.0
+
+
+class SessionMirror:
+    def __init__(self, feed_path: str, ipc_path: str, cookie: bytes, client: DaemonClient,
+                 stale_after_s: float) -> None:
+        self.feed_path = feed_path
+        self.ipc_path = ipc_path
+        self.client = client
+        self.stale_after_s = stale_after_s
+        self._key = wire.wire_key(cookie)
+        # token -> (user, uid, expires_ms); user None for a tombstone (a logout)
+        self._sessions: dict[str, tuple[str | None, str | None, int]] = {}
+        self._incarnation = 0
+        self._seq = 0
+        self._heard = 0.0            # monotonic time of the last in-order message
+        self._trusted = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # ---- request threads --------------------------------------------------
+
+    def lookup(self, token: str) -> Any:
+        """The session for a token; None when it was revoked or expired; UNKNOWN when only the daemon can say.
+
+        A token the mirror has not seen yet may be one this web created an
+        instant ago, so it is UNKNOWN rather than None.
+        """
+        self._ensure_running()
+        found = self._sessions.get(token)
+        if found is None or not self.current():
+            return UNKNOWN
+        if found[0] is None or found[2] <= time.time() * 1000:
+            return None
+        return {"user": found[0], "uid": found[1], "expires": found[2]}
+
+    def revoked(self, token: str, expires_ms: int) -> None:
+        """This web just revoked the token: know it now, before the feed's own message arrives."""
+        self._sessions[token] = (None, None, expires_ms)
+
+    def current(self) -> bool:
+        """Trusted, recently heard from, and the daemon's socket still there (a clean stop removes it)."""
+        return (self._trusted and time.monotonic() - self._heard < self.stale_after_s
+                and os.path.exists(self.ipc_path))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+
+    def _ensure_running(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="session-mirror", daemon=True)
+                    self._thread.start()
+
+    # ---- the mirror's own thread -------------------------------------------
+
+    def _run(self) -> None:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.linger = 0
+        sub.rcvhwm = 0  # never drop here; the daemon's side is bounded
+        sub.subscribe(b"")
+        sub.connect(f"ipc://{self.feed_path}")  # zmq reconnects by itself when the daemon restarts
+        purged = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if sub.poll(POLL_MS):
+                    self._receive(sub.recv())
+                if time.monotonic() - purged > PURGE_EVERY_S:
+                    self._purge()
+                    purged = time.monotonic()
+        finally:
+            sub.close(linger=0)
+
+    def _receive(self, frame: bytes) -> None:
+        try:
+            env = wire.decode(self._key, frame)
+        except wire.WireError as exc:
+            log.warning("session feed: refused a frame (%s)", exc.reason)
+            return
+        if env.type not in ("sessions", "tick"):
+            return
+        if not self._trusted or env.incarnation != self._incarnation:
+            if not self._snapshot():
+                return
+        if env.seq <= self._seq:
+            return  # already in the snapshot
+        if env.seq != self._seq + 1:
+            log.info("session feed: gap after %d (got %d), taking a snapshot", self._seq, env.seq)
+            self._trusted = False
+            self._snapshot()
+            return
+        if env.type == "sessions":
+            self._apply(env.payload["entries"])
+        self._seq = env.seq
+        self._heard = time.monotonic()
+
+    def _snapshot(self) -> bool:
+        try:
+            snap = self.client.call("sessions_snapshot", timeout_ms=5000)
+        except (DaemonUnavailable, DaemonError) as exc:
+            log.warning("session feed: no snapshot (%s); asking the daemon per request meanwhile", exc)
+            self._trusted = False
+            return False
+        self._sessions = {}
+        self._apply(snap["entries"])
+        self._incarnation, self._seq = snap["incarnation"], snap["seq"]
+        self._heard = time.monotonic()
+        self._trusted = True
+        return True
+
+    def _purge(self) -> None:
+        """Forget expired sessions (the daemon purges its own without telling the feed)."""
+        now = time.time() * 1000
+        for token in [t for t, found in self._sessions.items() if found[2] <= now]:
+            self._sessions.pop(token, None)
+
+    def _apply(self, entries: list) -> None:
+        sessions = self._sessions
+        for _kind, token, _hlc, _origin, value, expires in entries:
+            if value is None:
+                sessions[token] = (None, None, expires)
+            else:
+                sessions[token] = (value["user"], value["uid"], expires)
