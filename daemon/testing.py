@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import glob
 import itertools
 import os
+import queue
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from html.parser import HTMLParser
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -36,19 +41,25 @@ from daemon.client import DaemonClient, DaemonUnavailable
 
 T = TypeVar("T")
 STOP_TIMEOUT = 5.0
+PAUSE_ATTEMPTS = 50
 _live_clusters: set["LocalCluster"] = set()
 
 
 def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
     """Call ``fn`` until it stops raising (AssertionError or any Exception); return its value.
 
+    A return value of exactly ``False`` counts as a failure too, so that
+    ``eventually(cluster.converged)`` waits instead of passing at once on False.
     When the deadline passes, the last failure is raised, so the test shows why
     the condition never held rather than a bare timeout.
     """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return fn()
+            result = fn()
+            if result is False:
+                raise AssertionError(f"{getattr(fn, '__qualname__', fn)} returned False")
+            return result
         except Exception:
             if time.monotonic() >= deadline:
                 raise
@@ -62,11 +73,54 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the test runner dies, so no node outlives it."""
+    """In the child: get SIGKILL if the test runner dies, so no node outlives it.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+    the process; that is why every node is forked by the main thread or by the
+    long-lived spawner thread below, never by a short-lived worker thread.
+    """
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+class _Spawner:
+    """Forks children on one daemon thread that lives as long as the process.
+
+    A test may start or restart a node from a thread pool; if that thread
+    forked the child itself, the parent-death signal would kill the node as
+    soon as the pool's thread finished.  The main thread forks directly (it
+    lives until exit, and a Ctrl-C must not strand a half-started child in a
+    queue); any other thread hands its Popen to this one and waits.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen:
+        if threading.current_thread() is threading.main_thread():
+            return subprocess.Popen(argv, **kw)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="logonmesh-spawner", daemon=True)
+                self._thread.start()
+        done: Future = Future()
+        self._jobs.put((argv, kw, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            argv, kw, done = self._jobs.get()
+            try:
+                done.set_result(subprocess.Popen(argv, **kw))
+            except BaseException as exc:  # handed back to the caller's thread
+                done.set_exception(exc)
+
+
+_spawner = _Spawner()
 
 
 class Proc:
@@ -81,9 +135,9 @@ class Proc:
             return
         log = open(self.log_path, "ab")
         try:
-            self.popen = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+            self.popen = _spawner.popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         finally:
             log.close()
 
@@ -101,10 +155,18 @@ class Proc:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited in time; returns the exit code."""
-        if self.popen is None:
-            return None
+        self.terminate()
+        return self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """Ask it to leave, without waiting (so a cluster can stop every node at once)."""
         self.signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         self.signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Wait for the exit that terminate() asked for; SIGKILL if it does not come in time."""
+        if self.popen is None:
+            return None
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -153,6 +215,11 @@ class Node:
     def running(self) -> bool:
         return self.daemon.alive and not self.paused
 
+    @property
+    def pids(self) -> list[int]:
+        """The pids of its live processes (what a cleanup check looks for afterwards)."""
+        return [p.pid for p in self.procs if p.alive and p.pid is not None]
+
     def start(self) -> None:
         for proc in self.procs:
             proc.start()
@@ -170,21 +237,43 @@ class Node:
             proc.kill()
 
     def restart(self, wait: bool = True) -> None:
+        """Stop (if it still runs) and start again; a partition it was in is applied again once it answers."""
         self.stop()
         self.start()
         if wait:
             self.cluster.wait_ready([self])
 
     def pause(self) -> None:
-        """SIGSTOP: the node is frozen, its sockets open but silent."""
-        for proc in self.procs:
-            proc.signal(signal.SIGSTOP)
-        self.paused = True
+        """SIGSTOP: the node is frozen, its sockets open but silent.
+
+        Every node writes to the one shared SQLite file (the registry refresh on
+        each heartbeat, sign-ups).  Frozen in the middle of such a write, a
+        daemon would keep the database's write lock for as long as it stays
+        frozen, and every other node's sign-ups, registry refreshes and starts
+        would fail with "database is locked": a real property of the shared
+        file, but not what a pause is for (a node silent on the network).  So
+        the harness freezes it, checks that the write lock is free, and if it
+        is not, lets the node finish its write and freezes it again.
+        """
+        for _ in range(PAUSE_ATTEMPTS):
+            for proc in self.procs:
+                proc.signal(signal.SIGSTOP)
+            self.paused = True
+            eventually(lambda: all(_frozen(p.pid) for p in self.procs if p.alive), timeout=STOP_TIMEOUT,
+                       interval=0.001)
+            if self.cluster.db_writable():
+                return
+            for proc in self.procs:
+                proc.signal(signal.SIGCONT)
+            self.paused = False
+        raise RuntimeError(f"{self.name} could not be frozen outside a write to {self.cluster.db}")
 
     def resume(self) -> None:
+        """SIGCONT; a cut made while it was frozen is applied to it now, since it could not hear it then."""
         for proc in self.procs:
             proc.signal(signal.SIGCONT)
         self.paused = False
+        self.cluster._apply_cut(self)
 
     def logs(self) -> str:
         return "".join(f"----- {p.label} -----\n{p.logs()}" for p in self.procs)
@@ -218,7 +307,10 @@ class LocalCluster:
     def __init__(self, heartbeat_ms: int = 100, down_after: int = 3, discovery_ms: int = 200,
                  ready_timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
         # /tmp, not a deep pytest tmp_path: ipc paths must stay under ~107 bytes.
-        self.dir = tempfile.mkdtemp(prefix="lm-", dir="/tmp")
+        _sweep_orphaned_dirs()
+        self.dir = tempfile.mkdtemp(prefix=DIR_PREFIX, dir=DIR_PARENT)
+        with open(os.path.join(self.dir, OWNER_FILE), "w") as f:
+            f.write(str(os.getpid()))
         self.run_dir = os.path.join(self.dir, "run")
         self.db = os.path.join(self.dir, "cluster.db")
         self.cookie = os.urandom(24).hex()
@@ -234,6 +326,7 @@ class LocalCluster:
         self.down_after = down_after
         self.nodes: list[Node] = []
         self._counters: dict[str, Iterable[int]] = {}
+        self._cut: dict[str, set[str]] = {}  # node name -> the peers it must not hear or reach
         _live_clusters.add(self)
 
     # ---- life -----------------------------------------------------------
@@ -247,13 +340,25 @@ class LocalCluster:
         self.close()
 
     def close(self) -> None:
-        """Stop every process and remove the directory; safe to call twice."""
-        for node in self.nodes:
-            node.resume()
-        for node in self.nodes:
-            node.stop()
-            node.client.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Stop every process and remove the directory; safe to call twice.
+
+        Every web gets SIGTERM at once, then every daemon, so five nodes take as
+        long to stop as one.  The directory goes whatever happens; the cluster
+        stays on the atexit list until every process is known to be gone, so a
+        second Ctrl-C in the middle of this still leaves nothing behind.
+        """
+        try:
+            for layer in ([n.web for n in self.nodes], [n.daemon for n in self.nodes]):
+                procs = [p for p in layer if p is not None]
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait_stopped()
+            for node in self.nodes:
+                node.paused = False
+                node.client.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
         _live_clusters.discard(self)
 
     def all_logs(self) -> str:
@@ -277,19 +382,41 @@ class LocalCluster:
         return next(n for n in self.nodes if n.name == name)
 
     def wait_ready(self, nodes: Sequence[Node] | None = None, timeout: float | None = None) -> None:
-        """Until each node is healthy and sees every other live node up."""
+        """Until each node is healthy and sees up every live node that the current cut lets it see.
+
+        A node that is (re)started while a partition stands is put back into it
+        as soon as its daemon answers.  A process that exits meanwhile ends the
+        wait at once with its log, rather than after the whole timeout.
+        """
         nodes = list(nodes or self.live())
+        pending_cut = {n.name for n in nodes if self._cut.get(n.name)}
 
         def ready() -> None:
             for node in nodes:
                 for proc in node.procs:
                     if not proc.alive:
-                        raise RuntimeError(f"{proc.label} exited with {proc.popen.returncode}:\n"
-                                           f"{proc.logs()[-2000:]}")
+                        raise _ProcessExited(f"{proc.label} exited with {proc.popen.returncode}:\n"
+                                             f"{proc.logs()[-2000:]}")
+                if node.name in pending_cut:
+                    self._apply_cut(node)
+                    pending_cut.discard(node.name)
                 assert node.healthy(), f"{node.name} is not healthy yet"
-                self.assert_sees(node, [n for n in self.live() if n is not node])
+                self.assert_sees(node, self.reachable(node))
 
-        eventually(ready, timeout=timeout or self.ready_timeout, interval=0.05)
+        try:
+            eventually(ready, timeout=timeout or self.ready_timeout, interval=0.05)
+        except _ProcessExited as exc:
+            raise RuntimeError(str(exc)) from None
+
+    def reachable(self, node: Node) -> list[Node]:
+        """The other live nodes that the current cut lets this node exchange messages with."""
+        mine = self._cut.get(node.name, set())
+        return [o for o in self.live() if o is not node and o.name not in mine
+                and node.name not in self._cut.get(o.name, set())]
+
+    def views(self) -> dict[str, set[str]]:
+        """Each live node's own answer to "who is up?": what a test asserts a partition against."""
+        return {n.name: set(n.peers_up()) for n in self.live()}
 
     def assert_sees(self, node: Node, others: Iterable[Node], up: bool = True) -> None:
         seen = set(node.peers_up())
@@ -309,10 +436,7 @@ class LocalCluster:
         rest = set(self.nodes) - set().union(*groups)
         if rest:
             groups.append(rest)
-        for node in self.live():
-            allowed = set().union(*(g for g in groups if node in g))
-            blocked = [n.name for n in self.nodes if n not in allowed]
-            node.call("partition", peers=blocked, replace=True)
+        self._set_cut({node: set().union(*(g for g in groups if node in g)) for node in self.nodes})
 
     def isolate(self, node: Node) -> None:
         self.partition([node])
@@ -323,16 +447,17 @@ class LocalCluster:
         self.partition(nodes[:half], nodes[half:])
         return nodes[:half], nodes[half:]
 
-    def majorities_ring(self) -> None:
-        """Each node sees a majority (itself and its nearest ring neighbours); no two see the same set."""
+    def majorities_ring(self) -> dict[Node, list[Node]]:
+        """Each node sees a majority (itself and its nearest ring neighbours); no two see the same set.
+
+        Returns, for each node, the other nodes it still sees (its ring neighbours).
+        """
         nodes = list(self.nodes)
         n = len(nodes)
         reach = (n // 2) // 2 + (n // 2) % 2  # neighbours on each side, so 1 + 2*reach > n/2
-        groups = [[nodes[(i + d) % n] for d in range(-reach, reach + 1)] for i in range(n)]
-        for node, group in zip(nodes, groups):
-            blocked = [o.name for o in nodes if o not in group]
-            if node.running:
-                node.call("partition", peers=blocked, replace=True)
+        groups = {nodes[i]: {nodes[(i + d) % n] for d in range(-reach, reach + 1)} for i in range(n)}
+        self._set_cut(groups)
+        return {node: [o for o in nodes if o in group and o is not node] for node, group in groups.items()}
 
     def bridge(self) -> tuple[list[Node], Node, list[Node]]:
         """Two halves that cannot see each other, and one node in the middle that sees both."""
@@ -343,11 +468,40 @@ class LocalCluster:
         return left, bridge, right
 
     def heal(self) -> None:
+        """Lift every cut and every loss setting."""
+        self._cut = {}
         for node in self.live():
             node.call("heal")
 
+    def _set_cut(self, allowed: dict[Node, set[Node]]) -> None:
+        """Remember who may talk to whom, then tell every running daemon whom to drop."""
+        self._cut = {node.name: {o.name for o in self.nodes if o not in allowed[node]} for node in allowed}
+        for node in self.live():
+            self._apply_cut(node)
+
+    def _apply_cut(self, node: Node) -> None:
+        blocked = self._cut.get(node.name)
+        if blocked is not None:
+            node.call("partition", peers=sorted(blocked), replace=True)
+
     def lossy(self, node: Node, fraction: float) -> None:
         node.call("lossy", fraction=float(fraction))
+
+    def db_writable(self, timeout: float = 0.25) -> bool:
+        """Whether a writer can take the cluster database's write lock within ``timeout`` seconds."""
+        if not os.path.exists(self.db):
+            return True
+        conn = sqlite3.connect(self.db, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        finally:
+            conn.close()
 
     def converged(self) -> bool:
         """True when every running node reports the same cache digest."""
@@ -428,6 +582,61 @@ class Browser:
     def authenticated(self) -> bool:
         """Whether /budget on this node serves the page (not a redirect to the login)."""
         return self.get("/budget").status_code == 200
+
+
+def _frozen(pid: int | None) -> bool:
+    """True when every thread of the process is stopped (SIGSTOP has taken effect, not just been sent)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True  # gone: nothing of it runs
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+class _ProcessExited(Exception):
+    """A node's process died while we waited for it to be ready: no point waiting longer."""
+
+
+DIR_PARENT = "/tmp"
+DIR_PREFIX = "lm-"
+OWNER_FILE = "owner.pid"
+
+
+def _sweep_orphaned_dirs() -> None:
+    """Remove cluster directories whose owning test process is gone.
+
+    Nothing else can clean up after a runner killed with SIGKILL or ended by
+    os._exit (pytest-timeout's thread method): the parent-death signal takes
+    its nodes, but their directory stays.  The next cluster removes it.
+    """
+    for path in glob.glob(os.path.join(DIR_PARENT, DIR_PREFIX + "*")):
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            with open(os.path.join(path, OWNER_FILE)) as f:
+                owner = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if owner > 0 and not _pid_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @atexit.register
