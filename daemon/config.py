@@ -130,6 +130,9 @@ OPTIONS: tuple[Option, ...] = (
            "largest message any socket accepts (ZMQ_MAXMSGSIZE)", "daemon"),
     Option("curve", "--curve", "LOGONMESH_CURVE", False, parse_flag,
            "encrypt and authenticate tcp between nodes with CURVE (keys derived from the cookie)"),
+    Option("trace", "--trace", "LOGONMESH_TRACE", False, parse_flag,
+           "record when each user merge is published and applied (monotonic ns), for the benchmark; "
+           "read and cleared by the ipc op trace", "daemon"),
     Option("session_idle_s", "--session-idle", "LOGONMESH_SESSION_IDLE", 3600, _positive_int,
            "log a session out after this many seconds without a request", "web"),
     Option("throttle_user", "--throttle-user", "LOGONMESH_THROTTLE_USER", 10, _positive_int,
@@ -171,6 +174,7 @@ class Settings:
     throttle_window_s: int = 60
     secure_cookies: bool = False
     curve: bool = False
+    trace: bool = False
     host: str = "127.0.0.1"
     port: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -41,6 +41,7 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "partition": {"peers": list, "replace": bool},
     "heal": {},
     "lossy": {"fraction": float},
+    "trace": {},
     "failures_add": {"subjects": list, "window_s": int},
     "failures_count": {"subjects": list},
     "failures_reset": {"subjects": list},
@@ -243,6 +244,13 @@ class Control:
         d = self.d
         items = (d.cache.get("t", f"{subject}@{node}") for node in [d.name, *d.membership.peers])
         return [item for item in items if item is not None]
+
+    def op_trace(self, reply: Reply) -> None:
+        """The propagation trace (``--trace``): publish and apply times per username since the last call."""
+        trace = self.d.trace
+        if trace is None:
+            return reply(error="tracing is off (start the daemon with --trace / LOGONMESH_TRACE=1)")
+        reply({"node": self.d.name, **trace.take()})
 
     def op_lossy(self, reply: Reply, fraction: float) -> None:
         if not 0.0 <= fraction <= 1.0:

@@ -33,6 +33,7 @@ from daemon.feed import SessionFeed, feed_path
 from daemon.monitor import MonitorFeed, open_feed
 from daemon.store import open_users
 from daemon.sync import Repairs
+from daemon.trace import Trace
 from daemon.worker import Worker
 from discovery import NodeRow, open_registry
 
@@ -92,6 +93,7 @@ class Daemon:
         self.membership: Membership | None = None
         self.monitor: MonitorFeed | None = None
         self.feed: SessionFeed | None = None
+        self.trace: Trace | None = Trace() if settings.trace else None
 
     # ---- start and stop -------------------------------------------------
 
@@ -381,6 +383,8 @@ class Daemon:
 
     def publish_entries(self, entries: list[list]) -> None:
         if entries:
+            if self.trace is not None:
+                self.trace.on_publish(entries)
             self._publish("merge", {"entries": entries})
 
     def _send_peer(self, peer: Peer, message: tuple[str, dict] | None) -> None:
@@ -477,6 +481,8 @@ class Daemon:
         for entry in entries:
             self.hlc.observe(entry[2])
         self.cache.merge(entries)
+        if self.trace is not None:
+            self.trace.on_apply(entries)
 
     def _check_sequence(self, peer: Peer, env: wire.Envelope) -> str | None:
         if env.incarnation > peer.bus_incarnation:
