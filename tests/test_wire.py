@@ -30,12 +30,13 @@ USER = ["u", "alice", 123 << 16, "0f" * 16,
 SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 1_900_000_000_000]
 TOMBSTONE = ["s", "t" * 43, 125 << 16, "n2", None, 1_900_000_000_000]
 USER_TOMBSTONE = ["u", "bob", 5, "n1", None, 0]
+FAILURES = ["t", "alice@n1", 126 << 16, "n1", {"n": 3}, 1_900_000_000_000]
 H16 = b"\x01" * 16
 
 # One valid payload per message type.  A type added to SCHEMA must be added here (and to docs/wire.md).
 SAMPLES: dict[str, dict[str, Any]] = {
     "hb": {"size": 3, "digest": H16, "bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
-    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE]},
+    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES]},
     "announce": {"bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
     "ack": {},
     "sync_req": {"digest": H16},
@@ -49,6 +50,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "pong": {"n": 7, "t": 1.5},
     "req": {"id": 1, "op": "user", "args": {"username": "alice"}},
     "rep": {"id": 1, "ok": True, "result": {"user": "alice"}, "error": None},
+    "sessions": {"entries": [SESSION, TOMBSTONE]},
+    "tick": {},
     "mon": {"socket": "bus-pub", "event": "ACCEPTED", "endpoint": "tcp://127.0.0.1:5000", "value": 12, "t": 1.5},
 }
 
@@ -295,6 +298,8 @@ BAD_ENTRIES = {
     "value wrong type": _entry(4, dict(GOOD_VALUE, id=5)),
     "session value in a user": _entry(4, {"uid": "x", "user": "alice"}),
     "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
+    "failure count not an int": ["t", "alice@n1", 1, "n1", {"n": "3"}, 5],
+    "failure count with a user value": ["t", "alice@n1", 1, "n1", GOOD_VALUE, 5],
     "expires negative": _entry(5, -1),
     "expires bool": _entry(5, True),
     "expires float": _entry(5, 1.5),
@@ -323,10 +328,19 @@ def test_edge_entries_are_valid(entry):
     assert decode(KEY, envelope("merge", {"entries": [entry]})).payload["entries"] == [entry]
 
 
-def test_value_schema_matches_what_the_daemon_writes():
-    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s"}
-    assert set(VALUE_SCHEMA["u"]) == {"id", "username", "password_hash", "created_at"}
-    assert set(VALUE_SCHEMA["s"]) == {"uid", "user"}
+def test_value_schema_matches_the_spec():
+    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t"}
+    assert VALUE_SCHEMA["u"] == {"id": str, "username": str, "password_hash": str, "created_at": str}
+    assert VALUE_SCHEMA["s"] == {"uid": str, "user": str}
+    assert VALUE_SCHEMA["t"] == {"n": int}
+
+
+def test_socket_type_sets_name_known_types_only():
+    sets = (wire.BUS_TYPES, wire.PEER_REQUESTS, wire.PEER_REPLIES)
+    for types in sets:
+        assert types <= SCHEMA.keys()
+    assert not (wire.BUS_TYPES & wire.PEER_REQUESTS or wire.BUS_TYPES & wire.PEER_REPLIES
+                or wire.PEER_REQUESTS & wire.PEER_REPLIES)
 
 
 @pytest.mark.parametrize("type_,payload", [
