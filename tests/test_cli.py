@@ -389,3 +389,15 @@ def test_monitor_shows_that_a_restarted_peer_is_no_longer_dialled_at_its_old_end
                 mon.wait_out(lambda line: old_bus in line, timeout=1.5)  # libzmq retries every ~100 ms
         finally:
             mon.kill()
+
+
+def test_tap_and_ping_speak_curve_when_the_cluster_does():
+    with LocalCluster(heartbeat_ms=100, env={"LOGONMESH_CURVE": "1"}) as c:
+        c.start_nodes("n", 2, web=False)
+        tap = run(c, "tap", "--count", "2", "--type", "heartbeat")
+        assert tap.returncode == 0 and len(tap.stdout.splitlines()) == 2, tap.stderr
+        ping = run(c, "ping", "n2", "--count", "1")
+        assert ping.returncode == 0 and "1 received" in ping.stdout, ping.stdout
+        c.env["LOGONMESH_CURVE"] = "0"
+        one_line_error(run(c, "tap", "--count", "1"), 2, "the handshake with node n")
+        assert run(c, "ping", "n2", "--count", "1", "--timeout", "0.3").returncode == 1

@@ -73,6 +73,17 @@ def cookie(settings: config.Settings) -> bytes:
         fail(f"cannot read the cluster cookie: {exc}")
 
 
+def secure(settings: config.Settings, cookie_: bytes, sock: Any) -> None:
+    """Make a socket that dials a node's tcp endpoint speak CURVE, when the cluster does (--curve)."""
+    if not settings.curve:
+        return
+    from daemon.curve import Curve  # only then: it pulls in zmq.auth
+    try:
+        Curve.from_cookie(cookie_, True).client(sock)
+    except RuntimeError as exc:
+        fail(str(exc))
+
+
 def running_daemons(settings: config.Settings) -> list[str]:
     """Names of the daemons whose control socket is in the run dir, sorted."""
     try:

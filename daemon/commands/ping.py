@@ -9,15 +9,16 @@ never a hang; a late pong is recognised by its number and not counted twice.
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import click
 import zmq
 
 from daemon import wire
-from daemon.commands.common import cookie, emit_json, fail, inspect_options, out, registry_rows, split_settings
+from daemon.commands.common import (
+    cookie, emit_json, fail, inspect_options, out, registry_rows, secure, split_settings,
+)
 
 
 @click.command()
@@ -35,7 +36,8 @@ def ping(**values: Any) -> None:
     row = next((r for r in registry_rows(settings) if r.id == name), None)
     if row is None:
         fail(f"unknown node {name}: not in the clusters table")
-    pinger = Pinger(row.peer_endpoint, cookie(settings), args["timeout"])
+    secret = cookie(settings)
+    pinger = Pinger(row.peer_endpoint, secret, args["timeout"], lambda sock: secure(settings, secret, sock))
     if not args["as_json"]:
         out(f"PING {name} at {row.peer_endpoint}")
     rtts = pinger.run(args["count"], args["interval"], None if args["as_json"] else _printer(name))
@@ -50,8 +52,10 @@ def _printer(name: str):
 
 
 class Pinger:
-    def __init__(self, endpoint: str, cookie_: bytes, timeout_s: float) -> None:
+    def __init__(self, endpoint: str, cookie_: bytes, timeout_s: float,
+                 prepare: Callable[[zmq.Socket], None] = lambda sock: None) -> None:
         self.endpoint = endpoint
+        self.prepare = prepare  # CURVE, when the cluster uses it
         self.timeout_s = timeout_s
         self.codec = wire.Codec(cookie_, "cli")
 
@@ -61,6 +65,7 @@ class Pinger:
         dealer = ctx.socket(zmq.DEALER)
         dealer.linger = 0
         dealer.sndhwm = 10
+        self.prepare(dealer)
         dealer.connect(self.endpoint)
         rtts: list[float | None] = []
         try:

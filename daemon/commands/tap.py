@@ -16,7 +16,7 @@ subscription to land.  Whatever a caller does after that line is seen.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import click
 import msgpack
@@ -25,7 +25,7 @@ import zmq
 from daemon import wire
 from daemon.commands.common import (
     WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, registry_rows,
-    split_settings,
+    secure, split_settings,
 )
 from daemon.control import _redacted
 
@@ -34,6 +34,8 @@ HANDSHAKE_GRACE_S = 0.05   # after a handshake, time for the subscription to rea
 POLL_MS = 200              # so Ctrl-C is noticed promptly
 TYPE_NAMES = {"hb": "heartbeat"}  # the wire's short names, spelled out for people
 TYPE_CHOICES = ["heartbeat", "hb", "merge", "reject"]
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 @click.command()
@@ -49,10 +51,11 @@ def tap(**values: Any) -> None:
     REJECT with the reason.  Ctrl-C stops it (exit 0).
     """
     settings, args = split_settings(values)
-    key = wire.wire_key(cookie(settings))
+    secret = cookie(settings)
     targets = choose(registry_rows(settings), args["node"])
     wanted = {TYPE_NAMES.get(t, t) for t in args["types"]}
-    Tap(targets, key, wanted, Stop(args["count"]), args["as_json"]).run()
+    tap_ = Tap(targets, wire.wire_key(secret), wanted, Stop(args["count"]), args["as_json"])
+    tap_.run(lambda sock: secure(settings, secret, sock))
 
 
 def choose(rows: list, names: tuple[str, ...]) -> dict[str, str]:
@@ -77,13 +80,15 @@ class Tap:
         self.heard: set[str] = set()
         self.shaken: dict[str, float] = {}   # endpoint -> monotonic time of its handshake
 
-    def run(self) -> None:
+    def run(self, prepare: Callable[[zmq.Socket], None]) -> None:
+        """Subscribe (``prepare`` sets CURVE up if the cluster uses it), say when listening, stream."""
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.linger = 0
         sub.rcvhwm = 100_000
+        prepare(sub)
         sub.subscribe(b"")
-        mon = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        mon = sub.get_monitor_socket(HANDSHAKE_EVENTS)
         mon.linger = 0
         try:
             for endpoint in self.targets.values():
@@ -109,8 +114,7 @@ class Tap:
         while (pending := self._pending()) and time.monotonic() < deadline:
             for sock, _ in poller.poll(50):
                 if sock is mon:
-                    event = recv_monitor_message(mon)
-                    self.shaken.setdefault(event["endpoint"].decode(), time.monotonic())
+                    self._on_handshake(recv_monitor_message(mon))
                 elif self._receive(sub):
                     return False
         sub.disable_monitor()
@@ -121,6 +125,15 @@ class Tap:
         else:
             note(f"tap: listening to {names}")
         return True
+
+    def _on_handshake(self, event: dict) -> None:
+        endpoint = event["endpoint"].decode()
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.shaken.setdefault(endpoint, time.monotonic())
+            return
+        name = next((n for n, e in self.targets.items() if e == endpoint), endpoint)
+        fail(f"the handshake with node {name} ({endpoint}) failed ({zmq.Event(event['event']).name}); "
+             "do the daemons run with --curve / LOGONMESH_CURVE, and this command too?")
 
     def _pending(self) -> list[str]:
         now = time.monotonic()
