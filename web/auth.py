@@ -20,17 +20,21 @@ from web.sessions import end_session, pop_return_path, remember_return_path, sta
 bp = Blueprint("auth", __name__)
 
 WRONG_LOGIN = "Wrong username or password."
+STORE_DOWN = "the user store is unavailable"  # the daemon's answer while Redis (or the database) is out
+STORE_DOWN_MESSAGE = ("Sign-ups are paused: the user store cannot be reached right now. "
+                      "Logging in still works. Try again in a moment.")
 
 
 @bp.route("/signup", methods=["GET", "POST"])
-def signup() -> Response | str:
+def signup() -> Response | tuple[str, int]:
     form = SignupForm()
     error = None
     if form.validate_on_submit():
         error = _register(form.username.data, form.password.data)
         if error is None:
             return redirect(url_for("auth.login"))
-    return render_template("signup.html", form=form, error=error)
+    # 503 while the store is out, so that monitors and retrying clients see a temporary failure
+    return render_template("signup.html", form=form, error=error), 503 if error == STORE_DOWN_MESSAGE else 200
 
 
 def _register(username: str, password: str) -> str | None:
@@ -40,6 +44,8 @@ def _register(username: str, password: str) -> str | None:
     except DaemonError as exc:
         if str(exc) == "taken":
             return "That username is taken. Choose another."
+        if str(exc) == STORE_DOWN:
+            return STORE_DOWN_MESSAGE
         raise
     return None
 
