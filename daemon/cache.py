@@ -1,8 +1,9 @@
-"""The replicated cache: users and sessions, merged last-writer-wins.
+"""The replicated cache: users, sessions and login-failure counts, merged last-writer-wins.
 
-An entry is ``(hlc, origin, value, expires_ms)`` under a kind ("u" for users,
+An entry is ``(hlc, origin, value, expires_ms)`` under a kind: "u" for users,
 keyed by username; "s" for sessions, keyed by token; "t" for login-failure
-counts, keyed by subject and counting node).  A value of None is a tombstone.  ``merge`` keeps, for each key, the entry with the highest version
+counts, keyed by subject and counting node.  A value of None is a tombstone.
+``merge`` keeps, for each key, the entry with the highest version
 ``(hlc, origin)``, so applying any set of entries in any order, any number of
 times, gives the same cache: the merge is commutative, associative and
 idempotent, which is what lets PUB/SUB drop and repair re-send freely.
@@ -10,20 +11,27 @@ idempotent, which is what lets PUB/SUB drop and repair re-send freely.
 Expired entries are refused on merge and purged on a timer, so a repair can
 never bring back a session that ran out; a session's tombstone lives as long
 as the session would have, and so outlives every copy it must defeat.
+
+Users are most of the memory, so they are kept compact: a user's version is
+its creation time and its origin its id (see ``user_entry``), so the cache
+stores only the password hash as the value and rebuilds the rest on the way
+out.  Every way out (``get``, ``entries``, ``in_leaves``) gives full values.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import defaultdict
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from daemon.hlc import physical
 from daemon.digest import Digest, bucket_of, entry_hash
+from daemon.hlc import physical, wall_ms
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 WireEntry = list                           # [kind, key, hlc, origin, value, expires_ms]
+KINDS = ("u", "s", "t")
 
 
 def now_ms() -> int:
@@ -39,13 +47,30 @@ def user_entry(user: dict) -> WireEntry:
     id, which is unique (and spelled like a node name).
     """
     created = datetime.fromisoformat(user["created_at"])
-    return ["u", user["username"], physical(int(created.timestamp() * 1000)), user["id"], dict(user), 0]
+    return ["u", user["username"], physical(int(created.timestamp() * 1000)), user["id"],
+            {"id": user["id"], "username": user["username"], "password_hash": user["password_hash"],
+             "created_at": created_text(int(created.timestamp() * 1000))}, 0]
+
+
+def created_text(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _expand(kind: str, key: str, item: Item) -> Item:
+    """The full value of a stored item (users are stored compact)."""
+    hlc, origin, value, expires = item
+    if kind == "u" and value is not None:
+        value = {"id": origin, "username": key, "password_hash": value,
+                 "created_at": created_text(wall_ms(hlc))}
+    return hlc, origin, value, expires
 
 
 class Cache:
     def __init__(self) -> None:
-        self.kinds: dict[str, dict[str, Item]] = {"u": {}, "s": {}, "t": {}}
+        self.kinds: dict[str, dict[str, Item]] = {kind: {} for kind in KINDS}
         self.digest = Digest()
+        # the keys of each digest leaf, per kind, so a repair reads a leaf without scanning
+        self._leaf_keys: dict[str, defaultdict[int, set[str]]] = {kind: defaultdict(set) for kind in KINDS}
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
         self.session_changes: list[WireEntry] = []      # drained by the daemon into the session feed
 
@@ -53,16 +78,16 @@ class Cache:
         return sum(len(d) for d in self.kinds.values())
 
     def get(self, kind: str, key: str) -> Item | None:
-        return self.kinds[kind].get(key)
+        item = self.kinds[kind].get(key)
+        return None if item is None else _expand(kind, key, item)
+
+    def has(self, kind: str, key: str) -> bool:
+        return key in self.kinds[kind]
 
     def merge(self, entries: Iterable[WireEntry], now: int | None = None) -> list[WireEntry]:
         """Apply entries; return those that changed the cache (what is worth publishing)."""
         now = now_ms() if now is None else now
-        changed = []
-        for entry in entries:
-            if self.apply(entry, now):
-                changed.append(entry)
-        return changed
+        return [entry for entry in entries if self.apply(entry, now)]
 
     def apply(self, entry: WireEntry, now: int) -> bool:
         kind, key, hlc, origin, value, expires = entry
@@ -76,14 +101,33 @@ class Cache:
         if old is not None:
             self.digest.toggle(bucket, entry_hash(kind, key, old[0], old[1]))
         else:
-            self.digest.members[bucket].add((kind, key))
+            self._leaf_keys[kind][bucket].add(key)
         self.digest.toggle(bucket, entry_hash(kind, key, hlc, origin))
-        table[key] = (hlc, origin, value, expires)
+        table[key] = (hlc, origin, value["password_hash"] if kind == "u" and value else value, expires)
         if expires:
             heapq.heappush(self._expiry, (expires, kind, key))
         if kind == "s":
             self.session_changes.append(entry)
         return True
+
+    def load_users(self, users: Iterable[dict]) -> int:
+        """Boot: take every stored user, faster than merge (no comparisons, no lists)."""
+        table, leaf_keys, toggle = self.kinds["u"], self._leaf_keys["u"], self.digest.toggle
+        count = 0
+        for user in users:
+            key, origin = user["username"], user["id"]
+            hlc = physical(int(datetime.fromisoformat(user["created_at"]).timestamp() * 1000))
+            old = table.get(key)
+            if old is not None and (old[0], old[1]) >= (hlc, origin):
+                continue
+            bucket = bucket_of("u", key)
+            if old is not None:
+                toggle(bucket, entry_hash("u", key, old[0], old[1]))
+            leaf_keys[bucket].add(key)
+            toggle(bucket, entry_hash("u", key, hlc, origin))
+            table[key] = (hlc, origin, user["password_hash"], 0)
+            count += 1
+        return count
 
     def purge(self, now: int | None = None) -> int:
         """Drop expired entries (sessions, their tombstones, failure counts); returns how many went."""
@@ -98,25 +142,25 @@ class Cache:
             del table[key]
             bucket = bucket_of(kind, key)
             self.digest.toggle(bucket, entry_hash(kind, key, item[0], item[1]))
-            self.digest.members[bucket].discard((kind, key))
+            self._leaf_keys[kind][bucket].discard(key)
             purged += 1
         return purged
 
-    def entries(self) -> Iterator[WireEntry]:
-        for kind, table in self.kinds.items():
-            for key, (hlc, origin, value, expires) in table.items():
-                yield [kind, key, hlc, origin, value, expires]
+    def entries(self, kind: str | None = None) -> Iterator[WireEntry]:
+        for k in (kind,) if kind else KINDS:
+            for key, item in self.kinds[k].items():
+                yield [k, key, *_expand(k, key, item)]
 
     def in_leaves(self, leaves: Iterable[int]) -> Iterator[WireEntry]:
         """The entries of some digest leaves: what a repair compares, without scanning the cache."""
         for leaf in leaves:
-            for kind, key in self.digest.members[leaf]:
-                hlc, origin, value, expires = self.kinds[kind][key]
-                yield [kind, key, hlc, origin, value, expires]
+            for kind in KINDS:
+                table = self.kinds[kind]
+                for key in self._leaf_keys[kind].get(leaf, ()):
+                    yield [kind, key, *_expand(kind, key, table[key])]
 
     def counts(self) -> dict[str, int]:
         sessions = self.kinds["s"].values()
         tombstones = sum(1 for item in sessions if item[2] is None)
         return {"users": len(self.kinds["u"]), "sessions": len(self.kinds["s"]) - tombstones,
-                "failure_counts": len(self.kinds["t"]),
-                "tombstones": tombstones}
+                "failure_counts": len(self.kinds["t"]), "tombstones": tombstones}

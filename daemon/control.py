@@ -91,7 +91,7 @@ class Control:
 
     def op_register(self, reply: Reply, username: str, password_hash: str) -> None:
         d = self.d
-        if d.cache.get("u", username) is not None:
+        if d.cache.has("u", username):
             return reply(error="taken")
         user = {"id": uuid.uuid4().hex, "username": username, "password_hash": password_hash,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
@@ -145,8 +145,7 @@ class Control:
         """Every live session and tombstone, stamped with the session feed's sequence number."""
         d = self.d
         d.flush_sessions()  # so the stamp covers everything in the snapshot
-        entries = [[k, key, *item] for k, key, item in
-                   (("s", key, item) for key, item in d.cache.kinds["s"].items())]
+        entries = list(d.cache.entries("s"))
         reply({"seq": d.feed.seq, "incarnation": d.feed.codec.incarnation, "entries": entries})
 
     # ---- inspection and fault injection ---------------------------------

@@ -105,7 +105,7 @@ class Daemon:
         try:
             res = self._resources()
             try:
-                self.cache.merge([user_entry(u) for u in res.users.load()])
+                self.cache.load_users(res.users.load())
                 self._bind()
                 res.registry.announce(self._row())
                 self._on_rows(res.registry.peers())
@@ -319,7 +319,7 @@ class Daemon:
         to run from every node at once.
         """
         row = self._row()
-        users = [e[4] for e in self.cache.entries() if e[0] == "u" and e[4] is not None]
+        users = [e[4] for e in self.cache.entries("u")]
 
         def job(res: Resources) -> int:
             res.registry.announce(row)

@@ -190,6 +190,8 @@ def check_entry(entry: Any) -> None:
         if not isinstance(value, dict) or value.keys() != schema.keys() or not all(
                 isinstance(value[k], t) for k, t in schema.items()):
             raise WireError("schema", f"bad {kind} entry value")
+        if kind == "u" and (value["id"] != origin or value["username"] != key):
+            raise WireError("schema", "a user entry's origin is its id and its key its username")
     if not _uint(expires):
         raise WireError("schema", "bad entry expiry")
 

@@ -300,6 +300,8 @@ BAD_ENTRIES = {
     "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
     "failure count not an int": ["t", "alice@n1", 1, "n1", {"n": "3"}, 5],
     "failure count with a user value": ["t", "alice@n1", 1, "n1", GOOD_VALUE, 5],
+    "user whose origin is not its id": _entry(3, "n1"),
+    "user whose key is not its username": _entry(1, "bob"),
     "expires negative": _entry(5, -1),
     "expires bool": _entry(5, True),
     "expires float": _entry(5, 1.5),
@@ -320,8 +322,8 @@ def test_bad_entries(name):
 
 
 @pytest.mark.parametrize("entry", [
-    _entry(1, "k" * 256), _entry(2, 0), _entry(2, 2**64 - 1), _entry(5, 0), _entry(5, 2**64 - 1),
-    USER_TOMBSTONE, TOMBSTONE, _entry(3, "-"),
+    ["s", "k" * 256, *SESSION[2:]], _entry(2, 0), _entry(2, 2**64 - 1), _entry(5, 0), _entry(5, 2**64 - 1),
+    USER_TOMBSTONE, TOMBSTONE, ["s", SESSION[1], SESSION[2], "-", *SESSION[4:]],
 ])
 def test_edge_entries_are_valid(entry):
     check_entry(entry)
