@@ -286,3 +286,19 @@ def resolve_cookie(settings: Settings) -> bytes:
 def ensure_run_dir(settings: Settings) -> None:
     os.makedirs(settings.run_dir, mode=0o700, exist_ok=True)
     os.chmod(settings.run_dir, 0o700)
+
+
+def markdown_table() -> str:
+    """The configuration table of the README, made from OPTIONS so the two cannot drift apart.
+
+    ``python -m daemon.config`` prints it; a test checks that the README holds it.
+    """
+    rows = ["| flag | environment | default | used by | meaning |", "|---|---|---|---|---|"]
+    for opt in OPTIONS:
+        default = "(required)" if opt.name == "name" else "" if opt.default is None else f"`{opt.default}`"
+        rows.append(f"| `{opt.flag}` | `{opt.env}` | {default} | {opt.scope} | {opt.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
