@@ -2,7 +2,8 @@
 
 An entry is ``(hlc, origin, value, expires_ms)`` under a kind: "u" for users,
 keyed by username; "s" for sessions, keyed by token; "t" for login-failure
-counts, keyed by subject and counting node.  A value of None is a tombstone.
+counts, keyed by subject and counting node; "b" for budget entries (the demo
+page's data), keyed by entry id.  A value of None is a tombstone.
 ``merge`` keeps, for each key, the entry with the highest version
 ``(hlc, origin)``, so applying any set of entries in any order, any number of
 times, gives the same cache: the merge is commutative, associative and
@@ -31,7 +32,7 @@ from daemon.hlc import physical, wall_ms
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 WireEntry = list                           # [kind, key, hlc, origin, value, expires_ms]
-KINDS = ("u", "s", "t")
+KINDS = ("u", "s", "t", "b")
 
 
 def now_ms() -> int:
@@ -73,6 +74,7 @@ class Cache:
         self._leaf_keys: dict[str, defaultdict[int, set[str]]] = {kind: defaultdict(set) for kind in KINDS}
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
         self.session_changes: list[WireEntry] = []      # drained by the daemon into the session feed
+        self._budget_of: defaultdict[str, set[str]] = defaultdict(set)  # username -> budget entry ids
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -108,7 +110,21 @@ class Cache:
             heapq.heappush(self._expiry, (expires, kind, key))
         if kind == "s":
             self.session_changes.append(entry)
+        elif kind == "b":
+            self._index_budget(key, old, value)
         return True
+
+    def _index_budget(self, key: str, old: Item | None, value: dict | None) -> None:
+        if old is not None and old[2] is not None:
+            self._budget_of[old[2]["user"]].discard(key)
+        if value is not None:
+            self._budget_of[value["user"]].add(key)
+
+    def budget_of(self, username: str) -> list[WireEntry]:
+        """A user's budget entries, oldest first."""
+        table = self.kinds["b"]
+        found = [["b", key, *table[key]] for key in self._budget_of.get(username, ())]
+        return sorted(found, key=lambda e: (e[4]["created_at"], e[1]))
 
     def load_users(self, users: Iterable[dict]) -> int:
         """Boot: take every stored user, faster than merge (no comparisons, no lists)."""

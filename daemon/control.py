@@ -35,6 +35,8 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "session_resolve": {"token": str},
     "session_revoke": {"token": str},
     "sessions_snapshot": {},
+    "budget_add": {"username": str, "label": str, "cents": int},
+    "budget_list": {"username": str},
     "status": {},
     "peers": {},
     "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
@@ -147,6 +149,37 @@ class Control:
         d.flush_sessions()  # so the stamp covers everything in the snapshot
         entries = list(d.cache.entries("s"))
         reply({"seq": d.feed.seq, "incarnation": d.feed.codec.incarnation, "entries": entries})
+
+    # ---- the demo page's budget entries ---------------------------------------
+
+    def op_budget_add(self, reply: Reply, username: str, label: str, cents: int) -> None:
+        """Store the entry durably (worker thread), then apply and publish it like any merge."""
+        d = self.d
+        if not d.cache.has("u", username):
+            return reply(error="no such user")
+        if not (0 < len(label) <= 80 and label.isprintable() and label == label.strip()):
+            return reply(error="a label is 1 to 80 printable characters")
+        if abs(cents) > 10**12:
+            return reply(error="that amount is too large")
+        value = {"user": username, "label": label, "cents": cents,
+                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        entry = ["b", uuid.uuid4().hex, d.hlc.now(), d.name, value, 0]
+
+        def stored(_: None, error: BaseException | None) -> None:
+            if error is not None:
+                d.stats["store_errors"] += 1
+                log.warning("storing a budget entry failed: %s", error)
+                return reply(error="the user store is unavailable")
+            d.cache.merge([entry])
+            d.publish_entries([entry])
+            reply({"id": entry[1], **value})
+
+        d.worker.submit(lambda res: res.users.insert_budget(entry), stored)
+
+    def op_budget_list(self, reply: Reply, username: str) -> None:
+        entries = [{"id": key, **value} for _, key, _, _, value, _ in self.d.cache.budget_of(username)
+                   if value is not None]
+        reply({"entries": entries, "total_cents": sum(e["cents"] for e in entries)})
 
     # ---- inspection and fault injection ---------------------------------
 

@@ -106,6 +106,7 @@ class Daemon:
             res = self._resources()
             try:
                 self.cache.load_users(res.users.load())
+                self.cache.merge(list(res.users.load_budget()))
                 self._bind()
                 res.registry.announce(self._row())
                 self._on_rows(res.registry.peers())

@@ -42,6 +42,12 @@ class Users(Protocol):
     def restore(self, users: list[dict]) -> int:
         """Write back users the store lost (a Redis without persistence restarted); returns how many."""
 
+    def insert_budget(self, entry: list) -> None:
+        """Store a budget entry (a wire entry of kind "b", version included, so boot reproduces it)."""
+
+    def load_budget(self) -> Iterator[list]:
+        """Every stored budget entry, as wire entries."""
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -68,7 +74,7 @@ def open_db(path: str) -> sqlite_utils.Database:
 def _prepare(db: sqlite_utils.Database) -> None:
     if db.journal_mode != "wal":
         db.enable_wal()
-    ensure_users(db)
+    ensure_tables(db)
 
 
 def with_retry(fn: Callable[[], T], seconds: float = BUSY_TIMEOUT_MS / 1000) -> T:
@@ -89,10 +95,24 @@ def with_retry(fn: Callable[[], T], seconds: float = BUSY_TIMEOUT_MS / 1000) -> 
             delay = min(delay * 2, 0.1)
 
 
-def ensure_users(db: sqlite_utils.Database) -> None:
+def ensure_tables(db: sqlite_utils.Database) -> None:
     db["users"].create({"id": str, "username": str, "password_hash": str, "created_at": str},
                        pk="id", not_null={"username", "password_hash", "created_at"}, if_not_exists=True)
     db["users"].create_index(["username"], unique=True, if_not_exists=True)
+    db["budget"].create({"id": str, "username": str, "label": str, "cents": int, "created_at": str,
+                         "hlc": int, "origin": str}, pk="id", if_not_exists=True)
+
+
+def budget_row(entry: list) -> dict:
+    _, key, hlc, origin, value, _ = entry
+    return {"id": key, "username": value["user"], "label": value["label"], "cents": value["cents"],
+            "created_at": value["created_at"], "hlc": hlc, "origin": origin}
+
+
+def budget_entry(row: dict) -> list:
+    value = {"user": row["username"], "label": row["label"], "cents": row["cents"],
+             "created_at": row["created_at"]}
+    return ["b", row["id"], row["hlc"], row["origin"], value, 0]
 
 
 class UserStore:
@@ -115,6 +135,13 @@ class UserStore:
         before = self.db.execute("select count(*) from users").fetchone()[0]
         with_retry(lambda: self.db["users"].insert_all(users, ignore=True))
         return self.db.execute("select count(*) from users").fetchone()[0] - before
+
+    def insert_budget(self, entry: list) -> None:
+        with_retry(lambda: self.db["budget"].insert(budget_row(entry), replace=True))
+
+    def load_budget(self) -> Iterator[list]:
+        for row in self.db.query("select * from budget"):
+            yield budget_entry(row)
 
     def close(self) -> None:
         self.db.conn.close()

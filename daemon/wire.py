@@ -35,11 +35,13 @@ MAX_SEQ = 2**64 - 1
 # An entry of the replicated cache: [kind, key, hlc, origin, value, expires_ms].
 # kind "u" (user, key = username) or "s" (session, key = token); value None is a tombstone.
 # kind "t" (login failures) is keyed "<subject>@<node>": each node counts its own, the cluster sums.
-ENTRY_KINDS = ("u", "s", "t")
+# kind "b" (a budget entry of the demo page) is keyed by the entry's id.
+ENTRY_KINDS = ("u", "s", "t", "b")
 VALUE_SCHEMA: dict[str, dict[str, type]] = {
     "u": {"id": str, "username": str, "password_hash": str, "created_at": str},
     "s": {"uid": str, "user": str},
     "t": {"n": int},
+    "b": {"user": str, "label": str, "cents": int, "created_at": str},
 }
 
 # Which types may arrive where; anything else is refused as "wrong_socket".
