@@ -42,6 +42,7 @@ from daemon.client import DaemonClient, DaemonUnavailable
 T = TypeVar("T")
 STOP_TIMEOUT = 5.0
 PAUSE_ATTEMPTS = 50
+PORT_RETRIES = 3
 _live_clusters: set["LocalCluster"] = set()
 
 
@@ -203,9 +204,28 @@ class Node:
         self.client = DaemonClient(os.path.join(cluster.run_dir, f"{name}.ipc"), cluster.cookie.encode(),
                                    name="harness")
         self.paused = False
+        self._port_retries = 0
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.url or 'no web'}>"
+
+    def _rebind_web(self) -> bool:
+        """On first start only: if another socket took the free port we picked, try another one.
+
+        The port is free when picked and bound a moment later by the web; in
+        between, any process (a daemon binding port 0, an outgoing connection)
+        may take it.  Returns False when the web died of something else.
+        """
+        web = self.web
+        if web is None or web.alive or self._port_retries >= PORT_RETRIES or \
+                f"cannot listen on 127.0.0.1:{self.port}" not in web.logs():
+            return False
+        self._port_retries += 1
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        web.argv = web.argv[:-1] + [str(self.port)]
+        web.start()
+        return True
 
     @property
     def procs(self) -> list[Proc]:
@@ -273,7 +293,7 @@ class Node:
         for proc in self.procs:
             proc.signal(signal.SIGCONT)
         self.paused = False
-        self.cluster._apply_cut(self)
+        self.cluster._catch_up(self, fresh=False)
 
     def logs(self) -> str:
         return "".join(f"----- {p.label} -----\n{p.logs()}" for p in self.procs)
@@ -327,6 +347,7 @@ class LocalCluster:
         self.nodes: list[Node] = []
         self._counters: dict[str, Iterable[int]] = {}
         self._cut: dict[str, set[str]] = {}  # node name -> the peers it must not hear or reach
+        self._missed: set[str] = set()       # nodes that were not running when the cut last changed
         _live_clusters.add(self)
 
     # ---- life -----------------------------------------------------------
@@ -372,7 +393,7 @@ class LocalCluster:
         for node in new:
             node.start()
         if wait:
-            self.wait_ready(new)
+            self.wait_ready(new, _first_start=True)
         return new
 
     def live(self) -> list[Node]:
@@ -381,7 +402,8 @@ class LocalCluster:
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
-    def wait_ready(self, nodes: Sequence[Node] | None = None, timeout: float | None = None) -> None:
+    def wait_ready(self, nodes: Sequence[Node] | None = None, timeout: float | None = None,
+                   _first_start: bool = False) -> None:
         """Until each node is healthy and sees up every live node that the current cut lets it see.
 
         A node that is (re)started while a partition stands is put back into it
@@ -394,11 +416,11 @@ class LocalCluster:
         def ready() -> None:
             for node in nodes:
                 for proc in node.procs:
-                    if not proc.alive:
+                    if not proc.alive and not (_first_start and proc is node.web and node._rebind_web()):
                         raise _ProcessExited(f"{proc.label} exited with {proc.popen.returncode}:\n"
                                              f"{proc.logs()[-2000:]}")
                 if node.name in pending_cut:
-                    self._apply_cut(node)
+                    self._catch_up(node, fresh=True)
                     pending_cut.discard(node.name)
                 assert node.healthy(), f"{node.name} is not healthy yet"
                 self.assert_sees(node, self.reachable(node))
@@ -468,21 +490,32 @@ class LocalCluster:
         return left, bridge, right
 
     def heal(self) -> None:
-        """Lift every cut and every loss setting."""
+        """Lift every cut and every loss setting (a paused node gets the heal when it resumes)."""
         self._cut = {}
+        self._missed = {n.name for n in self.nodes if not n.running}
         for node in self.live():
             node.call("heal")
 
     def _set_cut(self, allowed: dict[Node, set[Node]]) -> None:
         """Remember who may talk to whom, then tell every running daemon whom to drop."""
         self._cut = {node.name: {o.name for o in self.nodes if o not in allowed[node]} for node in allowed}
+        self._missed = {n.name for n in self.nodes if not n.running}
         for node in self.live():
-            self._apply_cut(node)
+            self._catch_up(node, fresh=True)
 
-    def _apply_cut(self, node: Node) -> None:
+    def _catch_up(self, node: Node, fresh: bool) -> None:
+        """Give one daemon the cluster's current cut.
+
+        ``fresh`` is a daemon that starts with no cut and no loss (just
+        started), so only a standing cut matters; a resumed one may also have
+        missed a heal while it was frozen.
+        """
         blocked = self._cut.get(node.name)
         if blocked is not None:
             node.call("partition", peers=sorted(blocked), replace=True)
+        elif not fresh and node.name in self._missed:
+            node.call("heal")
+        self._missed.discard(node.name)
 
     def lossy(self, node: Node, fraction: float) -> None:
         node.call("lossy", fraction=float(fraction))
@@ -666,6 +699,9 @@ if pytest is not None:
     def pytest_runtest_makereport(item: Any, call: Any) -> Any:
         outcome = yield
         report = outcome.get_result()
-        cluster = getattr(item, "funcargs", {}).get("local_cluster")
-        if report.failed and isinstance(cluster, LocalCluster):
+        if not report.failed:
+            return
+        # Any fixture that yields a LocalCluster (the plugin's, or a module-scoped one of a test file).
+        clusters = {id(v): v for v in getattr(item, "funcargs", {}).values() if isinstance(v, LocalCluster)}
+        for cluster in clusters.values():
             report.sections.append(("logonmesh node logs", cluster.all_logs()))
