@@ -1,7 +1,7 @@
 """The durable user record in Redis, for clusters that span hosts.
 
 One hash per user, ``<prefix>:user:<username>``, holding id, username,
-password_hash and created_at.  The key is the username, so uniqueness is the
+password_hash and created_at; one per budget entry, ``<prefix>:budget:<id>``.  The key is the username, so uniqueness is the
 key's existence: a Lua script checks and writes in one step, and two nodes
 racing for one name (even on two sides of a mesh partition, as long as both
 reach Redis) get exactly one winner.  Boot reads every user with SCAN and
@@ -19,7 +19,7 @@ from typing import Iterator
 
 import redis
 
-from daemon.store import UsernameTaken
+from daemon.store import UsernameTaken, budget_entry, budget_row
 from discovery.redis import RedisLink, glob_escape
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,24 @@ class RedisUserStore:
                 return pipe.execute()
             restored += sum(1 for r in self.link.call("restore users", run) if r == 1)
         return restored
+
+    def insert_budget(self, entry: list) -> None:
+        """One hash per budget entry, its version included, so a node booting from Redis rebuilds the same entry."""
+        row = budget_row(entry)
+        self.link.call("store a budget entry", lambda c: c.hset(
+            self.link.key("budget", row["id"]), mapping={k: str(v) for k, v in row.items()}))
+
+    def load_budget(self) -> Iterator[list]:
+        match = glob_escape(self.link.key("budget")) + ":*"
+        for keys in self.link.scan("load the budget entries", match, self.page):
+            for fields in self.link.hgetall_many("load the budget entries", keys):
+                try:
+                    row = dict(fields, cents=int(fields["cents"]), hlc=int(fields["hlc"]))
+                    yield budget_entry(row)
+                except (KeyError, ValueError):
+                    if fields:  # an empty dict expired between SCAN and HGETALL
+                        self.bad_rows += 1
+                        log.warning("ignoring a malformed budget hash")
 
     def close(self) -> None:
         self.link.close()

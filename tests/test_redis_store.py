@@ -219,6 +219,17 @@ def test_boot_loads_every_user_in_pages(url: str) -> None:
         store.close()
 
 
+def test_budget_entries_round_trip(url: str) -> None:
+    store = open_users(url)
+    try:
+        entry = ["b", uuid.uuid4().hex, 123456789, "node1",
+                 {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T03:04:05+00:00"}, 0]
+        store.insert_budget(entry)
+        assert list(store.load_budget()) == [entry], "boot must rebuild the same entry, version included"
+    finally:
+        store.close()
+
+
 def test_unreachable_redis_is_one_clear_error() -> None:
     store = open_users("redis://127.0.0.1:1/0")
     try:
