@@ -57,6 +57,7 @@ def fig_propagation(cfg: dict, tick) -> dict:
     n, rate = cfg["prop_n"], cfg["prop_rate"]
     redis_why = redis_reachable()
     series: dict[str, list[float]] = {}
+    split: dict[str, dict[str, list[float]]] = {}
     runs: list[dict] = []
     fanout = max(cfg["prop_nodes"]) - 1
     for _ in range(cfg["prop_repeat"]):  # interleaved: each repetition measures every series once
@@ -70,11 +71,14 @@ def fig_propagation(cfg: dict, tick) -> dict:
             tick()
         for nodes in cfg["prop_nodes"]:
             r = run(nodes, n, rate)
-            runs.append({k: v for k, v in r.items() if k != "samples"})
+            runs.append({k: v for k, v in r.items() if not k.endswith(("samples", "_us"))})
             series.setdefault(f"logonmesh {nodes} nodes", []).extend(r["samples"])
+            split.setdefault(f"logonmesh {nodes} nodes", {"sender_us": [], "receiver_us": []})
+            for k in ("sender_us", "receiver_us"):
+                split[f"logonmesh {nodes} nodes"][k].extend(r[k])
             tick()
     return {"frame_bytes": size, "n": n, "rate": rate, "redis_skipped": redis_why, "runs": runs,
-            "samples_us": series}
+            "samples_us": series, "split_us": split}
 
 
 def rows_propagation(f: dict) -> list[list[str]]:
@@ -98,8 +102,13 @@ def rows_propagation(f: dict) -> list[list[str]]:
         if fan and name != "logonmesh 2 nodes":
             ratio += f"; {p50 / pct(s[fan], 50):.2f}× / {p99 / pct(s[fan], 99):.2f}× {fan} (p50 {us(pct(s[fan], 50))}," \
                      f" p99 {us(pct(s[fan], 99))})"
-        rows.append([f"1. Merge propagation, {name[10:]} ({len(x):,} samples)",
-                     f"p50 {us(p50)}, p90 {us(p90)}, p99 {us(p99)}", base, ratio, targets])
+        parts = f.get("split_us", {}).get(name)
+        mine = f"p50 {us(p50)}, p90 {us(p90)}, p99 {us(p99)}"
+        if parts and parts["sender_us"] and parts["receiver_us"]:
+            mine += (f" (A publish → a bare SUB on A's bus: p50 {us(pct(parts['sender_us'], 50))}; "
+                     f"that SUB → B applied: p50 {us(pct(parts['receiver_us'], 50))})")
+        rows.append([f"1. Merge propagation, {name[10:]} ({len(x):,} samples, {f['n']:,} sign-ups at "
+                     f"{f['rate']:.0f}/s, {f['frame_bytes']} B frames)", mine, base, ratio, targets])
     return rows
 
 

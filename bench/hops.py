@@ -91,8 +91,13 @@ def _collect(recv, out: str) -> None:
 
 # ---- the publisher side (in the calling process) ---------------------------------------------
 
-def hop(kind: str, n: int, size: int, rate: float, subscribers: int = 1, progress=None) -> list[float]:
-    """One-way latencies in µs of n paced messages, pooled over every subscriber."""
+def hop(kind: str, n: int, size: int, rate: float, subscribers: int = 1, progress=None,
+        new_session: bool = True) -> list[float]:
+    """One-way latencies in µs of n paced messages, pooled over every subscriber.
+
+    Subscribers start in a session of their own, as the harness starts daemons
+    (with autogroup scheduling, a session is a scheduling group of its own).
+    """
     if kind == "zmq":
         import zmq
         ctx = zmq.Context()
@@ -112,7 +117,8 @@ def hop(kind: str, n: int, size: int, rate: float, subscribers: int = 1, progres
     tmp = tempfile.mkdtemp(prefix="lm-hop-")
     outs = [os.path.join(tmp, f"sub{i}.json") for i in range(subscribers)]
     procs = [subprocess.Popen([sys.executable, "-m", "bench.hops", "_sub", kind, target, out],
-                              stdout=subprocess.PIPE, text=True) for out in outs]
+                              stdout=subprocess.PIPE, text=True, start_new_session=new_session)
+             for out in outs]
     try:
         _warm_up(send, procs, size)
         for i in pace(n, rate):
