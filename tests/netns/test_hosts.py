@@ -12,9 +12,10 @@ The test builds its own small network, touching nothing it did not make:
 Addresses come from TEST-NET-2 (198.51.100.0/24, RFC 5737) only.  Names carry
 this process's pid, so parallel runs never clash, and a finalizer deletes every
 namespace and veth even when a test fails.  Faults are real network faults: a
-link set down, routes that blackhole a peer, redis-server stopped, processes
-frozen with SIGSTOP.  The control sockets (ipc) are files, which namespaces do
-not separate, so the test still asks each daemon for its view directly.
+cable pulled, routes that blackhole a peer, redis-server stopped, processes
+frozen with SIGSTOP.  The mesh runs with CURVE, as it should between hosts.
+The control sockets (ipc) are files, which namespaces do not separate, so the
+test still asks each daemon for its view directly.
 
 Needs root and iproute2's ``ip``; elsewhere the module skips with the reason.
 """
@@ -37,6 +38,7 @@ from typing import Callable, Iterator
 import pytest
 import redis
 import requests
+import zmq
 
 from daemon.client import DaemonClient, DaemonUnavailable
 from daemon.testing import Browser, Proc, eventually
@@ -206,6 +208,7 @@ class Net:
             "LOGONMESH_ADVERTISE": host.addr, "LOGONMESH_HEARTBEAT_MS": str(HEARTBEAT_MS),
             "LOGONMESH_DOWN_AFTER": str(DOWN_AFTER), "LOGONMESH_DISCOVERY_MS": "200",
             "LOGONMESH_HOST": host.addr, "LOGONMESH_PORT": str(WEB_PORT), "PYTHONUNBUFFERED": "1",
+            "LOGONMESH_CURVE": "1",  # between hosts the mesh is encrypted (docs/deploy.md)
         })
         return env
 
@@ -407,6 +410,14 @@ def test_sign_up_on_a_then_log_in_on_c(net: Net, hosts: tuple[Host, Host, Host])
     rows = {k: net.redis_client().hgetall(k) for k in net.redis_client().scan_iter("logonmesh:node:*")}
     assert {r["id"]: r["bus_endpoint"].split(":")[1] for r in rows.values()} == \
         {n: f"//{addr}" for n, addr in HOST_IPS.items()}
+    outsider = zmq.Context.instance().socket(zmq.SUB)  # no CURVE key: the handshake must fail
+    outsider.linger = 0
+    outsider.subscribe(b"")
+    outsider.connect(a.call("status")["bus"])
+    try:
+        assert not outsider.poll(1000), "a subscriber without the cluster key heard the bus (10 heartbeats)"
+    finally:
+        outsider.close()
     username = new_name("ann")
     assert_signed_up(a, username)
     eventually(lambda: knows(c, username), timeout=VIEW_S)
