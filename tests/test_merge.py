@@ -31,12 +31,17 @@ ORIGINS = ["n1", "n2", "n3"]
 def make_entry(kind: str, key: str, hlc: int, origin: str) -> list:
     """The one entry a version can name: value, tombstone and expiry are functions of it.
 
-    Kinds: "u" users (never expire), "s" sessions and "t" login-failure counts (both expire)."""
+    Kinds: "u" users and "b" budget entries (never expire), "s" sessions and "t" login-failure counts
+    (both expire)."""
     if kind == "u":
         # a user's origin is its id and its version its creation time (see user_entry)
         value = None if hlc % 4 == 0 else {"id": origin, "username": key, "password_hash": f"h{hlc}",
                                             "created_at": created_text(wall_ms(hlc))}
         return ["u", key, hlc, origin, value, 0]
+    if kind == "b":
+        value = None if hlc % 4 == 0 else {"user": f"owner{hlc % 2}", "label": f"item {hlc}", "cents": hlc * 100,
+                                            "created_at": created_text(wall_ms(hlc))}
+        return ["b", key, hlc, origin, value, 0]
     if kind == "t":
         value = None if hlc % 5 == 0 else {"n": hlc}
     else:
@@ -48,7 +53,7 @@ def make_entry(kind: str, key: str, hlc: int, origin: str) -> list:
     return [kind, key, hlc, origin, value, expires]
 
 
-VERSIONS = st.tuples(st.sampled_from("ust"), st.sampled_from(KEYS), st.integers(1, 12), st.sampled_from(ORIGINS))
+VERSIONS = st.tuples(st.sampled_from("ustb"), st.sampled_from(KEYS), st.integers(1, 12), st.sampled_from(ORIGINS))
 ENTRY = VERSIONS.map(lambda v: make_entry(*v))
 ENTRIES = st.lists(ENTRY, max_size=40)
 
@@ -90,6 +95,10 @@ def contents(cache: Cache) -> dict:
 def test_merge_keeps_the_highest_unexpired_version(entries):
     cache = cache_of(entries)
     assert contents(cache) == model(entries)
+    for owner in ("owner0", "owner1"):  # the per-user budget index follows the winners
+        expected = sorted(key for (kind, key), item in model(entries).items()
+                          if kind == "b" and item[2] is not None and item[2]["user"] == owner)
+        assert sorted(e[1] for e in cache.budget_of(owner) if e[4] is not None) == expected
 
 
 @given(entries=ENTRIES, data=st.data())

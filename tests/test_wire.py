@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -31,12 +32,14 @@ SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 
 TOMBSTONE = ["s", "t" * 43, 125 << 16, "n2", None, 1_900_000_000_000]
 USER_TOMBSTONE = ["u", "bob", 5, "n1", None, 0]
 FAILURES = ["t", "alice@n1", 126 << 16, "n1", {"n": 3}, 1_900_000_000_000]
+BUDGET = ["b", "9a" * 16, 127 << 16, "n1",
+          {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T00:00:00.000+00:00"}, 0]
 H16 = b"\x01" * 16
 
 # One valid payload per message type.  A type added to SCHEMA must be added here (and to docs/wire.md).
 SAMPLES: dict[str, dict[str, Any]] = {
     "hb": {"size": 3, "digest": H16, "bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
-    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES]},
+    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES, BUDGET]},
     "announce": {"bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
     "ack": {},
     "sync_req": {"digest": H16},
@@ -300,6 +303,8 @@ BAD_ENTRIES = {
     "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
     "failure count not an int": ["t", "alice@n1", 1, "n1", {"n": "3"}, 5],
     "failure count with a user value": ["t", "alice@n1", 1, "n1", GOOD_VALUE, 5],
+    "budget cents not an int": ["b", "e1", 1, "n1", dict(BUDGET[4], cents="5"), 0],
+    "budget without a label": ["b", "e1", 1, "n1", {k: v for k, v in BUDGET[4].items() if k != "label"}, 0],
     "user whose origin is not its id": _entry(3, "n1"),
     "user whose key is not its username": _entry(1, "bob"),
     "expires negative": _entry(5, -1),
@@ -331,10 +336,23 @@ def test_edge_entries_are_valid(entry):
 
 
 def test_value_schema_matches_the_spec():
-    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t"}
+    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "b"}
     assert VALUE_SCHEMA["u"] == {"id": str, "username": str, "password_hash": str, "created_at": str}
     assert VALUE_SCHEMA["s"] == {"uid": str, "user": str}
     assert VALUE_SCHEMA["t"] == {"n": int}
+    assert VALUE_SCHEMA["b"] == {"user": str, "label": str, "cents": int, "created_at": str}
+
+
+def test_docs_name_every_type_field_kind_and_op():
+    """docs/wire.md is the spec: whatever the code accepts must be written down there."""
+    doc = (Path(__file__).parent.parent / "docs" / "wire.md").read_text()
+    missing = [f"type {t}" for t in SCHEMA if f"`{t}`" not in doc]
+    missing += [f"{t}.{f}" for t, fields in SCHEMA.items() for f in fields if f"`{f}`" not in doc]
+    missing += [f"kind {k}" for k in wire.ENTRY_KINDS if f"`{k}`" not in doc]
+    missing += [f"{k} value field {f}" for k, fields in VALUE_SCHEMA.items() for f in fields if f"`{f}`" not in doc]
+    missing += [f"op {op}" for op in control.OPS if f"`{op}`" not in doc]
+    missing += [f"{op} arg {a}" for op, args in control.OPS.items() for a in args if f"`{a}`" not in doc]
+    assert not missing, f"docs/wire.md does not mention: {missing}"
 
 
 def test_socket_type_sets_name_known_types_only():
