@@ -227,6 +227,8 @@ class Daemon:
             os.close(rfd)
             os.close(wfd)
             self.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):  # the interpreter resets our handler to the default
+                signal.signal(sig, signal.SIG_IGN)       # as it exits: a repeated signal would kill us (-15)
 
     def _dispatch(self, handlers: dict, dealers: dict, sock) -> None:
         """Run one socket's handler; a bug there is logged and counted, and the node keeps serving."""
