@@ -224,6 +224,22 @@ def test_restart_keeps_users_and_gets_sessions_back():
         assert not os.path.exists(b.client.ipc_path) and "n2" not in registry(cluster)
 
 
+def test_a_repeated_sigterm_still_exits_0(local_cluster):
+    """Supervisors and impatient people send the signal again; the exit must stay clean."""
+    nodes = local_cluster.start_nodes("n", 2, web=False)
+    for node in nodes:
+        popen, started = node.daemon.popen, time.monotonic()
+        while popen.poll() is None and time.monotonic() - started < 5:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(0.005)
+            except subprocess.TimeoutExpired:
+                pass
+        assert popen.returncode == 0, f"{node.name} ended with {popen.returncode}"
+        assert time.monotonic() - started < 2.0
+        assert not os.path.exists(node.client.ipc_path) and node.name not in registry(local_cluster)
+
+
 def test_late_start_gets_500_registrations_and_their_sessions(local_cluster):
     a, b = local_cluster.start_nodes("n", 2, web=False)
     names = [f"early{i}" for i in range(500)]
