@@ -64,6 +64,8 @@ def cookie(settings: config.Settings) -> bytes:
     """The cluster secret, without ever creating a cookie file (a tool must not invent one)."""
     if settings.cookie:
         return settings.cookie.encode()
+    if config.is_url(settings.db):  # a Redis cluster has no cookie file to fall back on
+        fail("no cluster cookie: set --cookie / LOGONMESH_COOKIE (required when --db is a URL)")
     path = os.path.join(os.path.dirname(settings.db), "cookie")
     if not os.path.exists(path):
         fail(f"no cluster cookie: set --cookie / LOGONMESH_COOKIE (there is no file {shown(path)})")
@@ -166,7 +168,8 @@ def registry_rows(settings: config.Settings) -> list:
         finally:
             registry.close()
     except Exception as exc:  # sqlite3, or another backend's error: one line either way
-        fail(f"cannot read the clusters table in {shown(path)}: {exc}")
+        where = f"the clusters table in {shown(path)}" if not config.is_url(url) else "the registry"
+        fail(f"cannot read {where}: {exc}")
 
 
 # ---- output -----------------------------------------------------------------------
