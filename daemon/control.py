@@ -93,6 +93,8 @@ class Control:
 
     def op_register(self, reply: Reply, username: str, password_hash: str) -> None:
         d = self.d
+        if not 0 < len(username) <= 256:  # what wire.check_entry lets a key be: peers refuse the rest
+            return reply(error="a username is 1 to 256 characters")
         if d.cache.has("u", username):
             return reply(error="taken")
         user = {"id": uuid.uuid4().hex, "username": username, "password_hash": password_hash,
