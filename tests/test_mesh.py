@@ -277,6 +277,19 @@ def test_duplicate_username_is_taken_and_nothing_is_written(local_cluster):
     assert has_user(a, "dup")["password_hash"] == has_user(b, "dup")["password_hash"] == "one"
 
 
+@pytest.mark.parametrize("username", ["", "x" * 257])
+def test_a_username_the_wire_cannot_carry_is_refused_and_nothing_is_written(local_cluster, username):
+    """Peers refuse an entry whose key is empty or over 256 characters; registering one would split the cluster."""
+    a, b = local_cluster.start_nodes("n", 2, web=False)
+    with pytest.raises(DaemonError):
+        a.call("register", username=username, password_hash="h")
+    assert user_rows(local_cluster) == []
+    a.call("register", username="x" * 256, password_hash="h")  # the longest that travels
+    eventually(lambda: has_user(b, "x" * 256), timeout=REPLICATION_DEADLINE)
+    eventually(lambda: converged(local_cluster), timeout=REPLICATION_DEADLINE)
+    assert stats(b).get("drop_schema", 0) == 0
+
+
 def test_simultaneous_registration_on_two_nodes_has_one_winner(local_cluster):
     a, b = local_cluster.start_nodes("n", 2, web=False)
     for i in range(5):
