@@ -11,7 +11,17 @@ project that installs logonmesh, and a failing test shows every node's logs.
 A partition is made inside the daemons, not in the kernel: each daemon is told
 over its ipc socket which peers to ignore, and it drops every bus and peer
 message to and from them.  That is why it needs no root, and also why it does
-not simulate packet loss at the network level or clock skew.
+not simulate packet loss at the network level or clock skew.  The cut is
+remembered: a node restarted inside a partition is put back into it as soon as
+its control socket answers (in the few milliseconds before, it may hear the
+other side's bus), and a node that was frozen when a cut or a heal was made
+gets it when it resumes.
+
+Two process-level details matter for cleanup and for pause().  The parent-death
+signal that kills nodes when the runner dies belongs to the thread that forked
+them, so nodes are forked by the main thread or one long-lived spawner thread.
+And every node writes to one shared SQLite file, so pause() makes sure it did
+not freeze a node in the middle of a write (see Node.pause).
 """
 
 from __future__ import annotations
