@@ -140,6 +140,8 @@ class Control:
     def op_session_revoke(self, reply: Reply, token: str) -> None:
         """Replace the session with a tombstone that lives as long as the session could have."""
         d = self.d
+        if not 0 < len(token) <= 256:  # no session has such a key, and peers would refuse its tombstone
+            return reply(error="a token is 1 to 256 characters")
         item = d.cache.get("s", token)
         expires = item[3] if item else d.now() + d.settings.session_ttl_s * 1000
         d.write("s", token, None, expires)
