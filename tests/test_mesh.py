@@ -290,6 +290,18 @@ def test_a_username_the_wire_cannot_carry_is_refused_and_nothing_is_written(loca
     assert stats(b).get("drop_schema", 0) == 0
 
 
+@pytest.mark.parametrize("token", ["", "t" * 257])
+def test_revoking_a_token_the_wire_cannot_carry_is_refused(local_cluster, token):
+    """A tombstone under such a key would be refused by every peer, and the digests would never agree again."""
+    a, b = local_cluster.start_nodes("n", 2, web=False)
+    with pytest.raises(DaemonError):
+        a.call("session_revoke", token=token)
+    a.call("session_revoke", token="t" * 256)
+    eventually(lambda: converged(local_cluster), timeout=REPLICATION_DEADLINE)
+    assert a.status()["cache"]["tombstones"] == 1
+    assert stats(b).get("drop_schema", 0) == 0
+
+
 def test_simultaneous_registration_on_two_nodes_has_one_winner(local_cluster):
     a, b = local_cluster.start_nodes("n", 2, web=False)
     for i in range(5):
