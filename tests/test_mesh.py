@@ -94,6 +94,19 @@ def run_daemon_cli(cluster: LocalCluster, name: str) -> subprocess.CompletedProc
                           timeout=20, stdin=subprocess.DEVNULL)
 
 
+@pytest.fixture(scope="module")
+def pair():
+    """Two daemons shared by the tests that need no fresh cluster; each of them uses its own names."""
+    with LocalCluster(heartbeat_ms=100) as cluster:
+        cluster.start_nodes("p", 2, web=False)
+        yield cluster
+
+
+def cache_counts(node: Node) -> tuple[int, int, int]:
+    counts = node.status()["cache"]
+    return counts["users"], counts["sessions"], counts["tombstones"]
+
+
 # ---- discovery and liveness --------------------------------------------------------
 
 
@@ -149,8 +162,10 @@ def test_kill_9_is_reported_down_and_the_row_expires():
 # ---- replication --------------------------------------------------------------------
 
 
-def test_user_session_and_revocation_replicate(local_cluster):
-    a, b = local_cluster.start_nodes("n", 2, web=False)
+def test_user_session_and_revocation_replicate(pair):
+    a, b = pair.nodes
+    eventually(lambda: converged(pair), timeout=REPLICATION_DEADLINE)
+    before = [cache_counts(n) for n in (a, b)]
     created = a.call("register", username="alice", password_hash="scrypt:abc")
     user = eventually(lambda: has_user(b, "alice"), timeout=REPLICATION_DEADLINE)
     assert user == {"id": created["id"], "username": "alice", "password_hash": "scrypt:abc",
@@ -169,14 +184,13 @@ def test_user_session_and_revocation_replicate(local_cluster):
     eventually(lambda: resolves(a, other["token"]), timeout=REPLICATION_DEADLINE)
     a.call("session_revoke", token=other["token"])
     eventually(lambda: revoked(b, other["token"]), timeout=REPLICATION_DEADLINE)
-    eventually(lambda: converged(local_cluster), timeout=REPLICATION_DEADLINE)
-    for node in (a, b):
-        counts = node.status()["cache"]
-        assert (counts["users"], counts["sessions"], counts["tombstones"]) == (1, 0, 2)
+    eventually(lambda: converged(pair), timeout=REPLICATION_DEADLINE)
+    for node, (users, sessions, tombstones) in zip((a, b), before):
+        assert cache_counts(node) == (users + 1, sessions, tombstones + 2)
 
 
-def test_unknown_users_and_sessions(local_cluster):
-    (a,) = local_cluster.start_nodes("n", 1, web=False)
+def test_unknown_users_and_sessions(pair):
+    a = pair.nodes[0]
     assert a.call("user", username="nobody") is None
     assert a.call("session_resolve", token="no-such-token") is None
     with pytest.raises(DaemonError, match="no such user"):
@@ -264,8 +278,8 @@ def test_late_start_gets_500_registrations_and_their_sessions(local_cluster):
 # ---- bad input -----------------------------------------------------------------------------
 
 
-def test_duplicate_username_is_taken_and_nothing_is_written(local_cluster):
-    a, b = local_cluster.start_nodes("n", 2, web=False)
+def test_duplicate_username_is_taken_and_nothing_is_written(pair):
+    a, b = pair.nodes
     first = a.call("register", username="dup", password_hash="one")
     with pytest.raises(DaemonError) as info:
         a.call("register", username="dup", password_hash="two")
@@ -273,37 +287,39 @@ def test_duplicate_username_is_taken_and_nothing_is_written(local_cluster):
     eventually(lambda: has_user(b, "dup"), timeout=REPLICATION_DEADLINE)
     with pytest.raises(DaemonError, match="^taken$"):
         b.call("register", username="dup", password_hash="three")
-    assert [(r["id"], r["password_hash"]) for r in user_rows(local_cluster)] == [(first["id"], "one")]
+    assert [(r["id"], r["password_hash"]) for r in user_rows(pair, "dup")] == [(first["id"], "one")]
     assert has_user(a, "dup")["password_hash"] == has_user(b, "dup")["password_hash"] == "one"
 
 
 @pytest.mark.parametrize("username", ["", "x" * 257])
-def test_a_username_the_wire_cannot_carry_is_refused_and_nothing_is_written(local_cluster, username):
+def test_a_username_the_wire_cannot_carry_is_refused_and_nothing_is_written(pair, username):
     """Peers refuse an entry whose key is empty or over 256 characters; registering one would split the cluster."""
-    a, b = local_cluster.start_nodes("n", 2, web=False)
+    a, b = pair.nodes
     with pytest.raises(DaemonError):
         a.call("register", username=username, password_hash="h")
-    assert user_rows(local_cluster) == []
-    a.call("register", username="x" * 256, password_hash="h")  # the longest that travels
-    eventually(lambda: has_user(b, "x" * 256), timeout=REPLICATION_DEADLINE)
-    eventually(lambda: converged(local_cluster), timeout=REPLICATION_DEADLINE)
+    assert user_rows(pair, username) == []
+    longest = f"{len(username):03d}" + "x" * 253  # the longest that travels
+    a.call("register", username=longest, password_hash="h")
+    eventually(lambda: has_user(b, longest), timeout=REPLICATION_DEADLINE)
+    eventually(lambda: converged(pair), timeout=REPLICATION_DEADLINE)
     assert stats(b).get("drop_schema", 0) == 0
 
 
 @pytest.mark.parametrize("token", ["", "t" * 257])
-def test_revoking_a_token_the_wire_cannot_carry_is_refused(local_cluster, token):
+def test_revoking_a_token_the_wire_cannot_carry_is_refused(pair, token):
     """A tombstone under such a key would be refused by every peer, and the digests would never agree again."""
-    a, b = local_cluster.start_nodes("n", 2, web=False)
+    a, b = pair.nodes
+    tombstones = cache_counts(a)[2]
     with pytest.raises(DaemonError):
         a.call("session_revoke", token=token)
-    a.call("session_revoke", token="t" * 256)
-    eventually(lambda: converged(local_cluster), timeout=REPLICATION_DEADLINE)
-    assert a.status()["cache"]["tombstones"] == 1
+    a.call("session_revoke", token=f"{len(token):03d}" + "t" * 253)  # the longest that travels
+    eventually(lambda: converged(pair), timeout=REPLICATION_DEADLINE)
+    assert cache_counts(a)[2] == cache_counts(b)[2] == tombstones + 1
     assert stats(b).get("drop_schema", 0) == 0
 
 
-def test_simultaneous_registration_on_two_nodes_has_one_winner(local_cluster):
-    a, b = local_cluster.start_nodes("n", 2, web=False)
+def test_simultaneous_registration_on_two_nodes_has_one_winner(pair):
+    a, b = pair.nodes
     for i in range(5):
         name = f"race{i}"
         barrier = threading.Barrier(2)
@@ -319,12 +335,12 @@ def test_simultaneous_registration_on_two_nodes_has_one_winner(local_cluster):
             results = list(pool.map(register, (a, b), ("from-a", "from-b")))
         winners = [r for r in results if isinstance(r, dict)]
         assert len(winners) == 1 and results.count("taken") == 1, results
-        rows = user_rows(local_cluster, name)
+        rows = user_rows(pair, name)
         assert [r["id"] for r in rows] == [winners[0]["id"]]
         for node in (a, b):
             eventually(lambda: has_user(node, name), timeout=REPLICATION_DEADLINE)
             assert has_user(node, name)["id"] == winners[0]["id"]
-    eventually(lambda: converged(local_cluster), timeout=REPLICATION_DEADLINE)
+    eventually(lambda: converged(pair), timeout=REPLICATION_DEADLINE)
 
 
 def _raw_reply(sock: zmq.Socket, key: bytes) -> wire.Envelope:
@@ -332,10 +348,10 @@ def _raw_reply(sock: zmq.Socket, key: bytes) -> wire.Envelope:
     return wire.decode(key, sock.recv())
 
 
-def test_garbage_on_the_ipc_socket_gets_an_error_and_the_daemon_keeps_serving(local_cluster):
-    (a,) = local_cluster.start_nodes("n", 1, web=False)
-    key = wire.wire_key(local_cluster.cookie.encode())
-    good = wire.Codec(local_cluster.cookie.encode(), "tester", 1)
+def test_garbage_on_the_ipc_socket_gets_an_error_and_the_daemon_keeps_serving(pair):
+    a = pair.nodes[0]
+    key = wire.wire_key(pair.cookie.encode())
+    good = wire.Codec(pair.cookie.encode(), "tester", 1)
     evil = wire.Codec(b"not the cluster cookie", "tester", 1)
     body = msgpack.packb([1, "req", "tester", 1, 99, {"id": 99, "op": "ping", "args": {b"x": 1, "y": 2}}],
                          use_bin_type=True)
@@ -367,10 +383,10 @@ def test_garbage_on_the_ipc_socket_gets_an_error_and_the_daemon_keeps_serving(lo
         for frames, req_id in cases:
             sock.send_multipart(frames)
             reply = _raw_reply(sock, key)
-            assert reply.type == "rep" and reply.sender == "n1"
+            assert reply.type == "rep" and reply.sender == a.name
             assert reply.payload["ok"] is False and reply.payload["error"].startswith("bad request"), reply
             assert reply.payload["id"] == req_id
-            assert a.call("ping")["node"] == "n1"  # still serving, after every one
+            assert a.call("ping")["node"] == a.name  # still serving, after every one
         sock.send(good.encode("req", {"id": 100, "op": "register", "args": {"username": "ok",
                                                                             "password_hash": "h"}}))
         assert _raw_reply(sock, key).payload["ok"] is True  # the same connection still works
@@ -384,17 +400,17 @@ def test_garbage_on_the_ipc_socket_gets_an_error_and_the_daemon_keeps_serving(lo
     assert a.daemon.alive and has_user(a, "ok")
 
 
-def test_a_second_daemon_with_the_same_name_refuses_and_the_first_keeps_working(local_cluster):
-    (a,) = local_cluster.start_nodes("n", 1, web=False)
-    row = registry(local_cluster)["n1"]
-    proc = run_daemon_cli(local_cluster, "n1")
+def test_a_second_daemon_with_the_same_name_refuses_and_the_first_keeps_working(pair):
+    a = pair.nodes[0]
+    row = registry(pair)[a.name]
+    proc = run_daemon_cli(pair, a.name)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and "already running" in lines[0] and "n1" in lines[0], proc.stderr
+    assert len(lines) == 1 and "already running" in lines[0] and a.name in lines[0], proc.stderr
     assert os.path.exists(a.client.ipc_path)
-    assert a.call("ping")["node"] == "n1"
-    assert registry(local_cluster)["n1"]["pid"] == row["pid"] == a.daemon.pid
+    assert a.call("ping")["node"] == a.name
+    assert registry(pair)[a.name]["pid"] == row["pid"] == a.daemon.pid
     a.call("register", username="still-here", password_hash="h")
 
 
@@ -472,9 +488,9 @@ def test_a_message_that_never_reached_a_node_is_repaired_by_digest_mismatch(loca
 # ---- how fast ---------------------------------------------------------------------------------
 
 
-def test_registration_on_a_resolves_on_b_latency(local_cluster):
+def test_registration_on_a_resolves_on_b_latency(pair):
     """Not a benchmark assertion: every registration must arrive within the deadline; timings are printed."""
-    a, b = local_cluster.start_nodes("n", 2, web=False)
+    a, b = pair.nodes
     total, after_reply = [], []
     for i in range(300):
         name = f"lat{i}"
