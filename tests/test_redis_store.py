@@ -21,7 +21,7 @@ import redis
 
 from daemon import config
 from daemon.store import StoreUnavailable, UsernameTaken, open_users
-from daemon.testing import Browser, LocalCluster, eventually
+from daemon.testing import Browser, LocalCluster, eventually, free_port
 from discovery import NodeRow, open_registry
 from discovery.redis import RedisRegistry, parse_url
 
@@ -93,6 +93,19 @@ def test_advertised_host_and_fixed_ports() -> None:
     assert config.load({"bind": "10.1.2.3"}, environ={}).advertised_host == "10.1.2.3"
     with pytest.raises(config.ConfigError, match="--bus-port"):
         config.load({"bus_port": "70000"}, environ={})
+
+
+def test_daemon_binds_wildcard_and_announces_the_advertised_address(url: str) -> None:
+    """--bind 0.0.0.0 with --advertise: the row and the status carry the advertised host and the fixed ports."""
+    bus_port, peer_port = free_port(), free_port()
+    env = {"LOGONMESH_DB": url, "LOGONMESH_BIND": "0.0.0.0", "LOGONMESH_ADVERTISE": "127.0.0.1",
+           "LOGONMESH_BUS_PORT": str(bus_port), "LOGONMESH_PEER_PORT": str(peer_port)}
+    with LocalCluster(heartbeat_ms=100, env=env) as cluster:
+        [node] = cluster.start_nodes("wild", 1, web=False)
+        status = node.status()
+        assert (status["bus"], status["peer"]) == (f"tcp://127.0.0.1:{bus_port}", f"tcp://127.0.0.1:{peer_port}")
+        row = raw(url).hgetall(f"{parse_url(url)[1]}:node:wild1")
+        assert (row["bus_endpoint"], row["peer_endpoint"]) == (status["bus"], status["peer"])
 
 
 # ---- registry -------------------------------------------------------------------

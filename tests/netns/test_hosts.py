@@ -56,12 +56,22 @@ CONVERGE_S = 30.0   # after a heal, TCP retransmission backoff can add seconds b
 TAG = f"lmt{os.getpid()}"  # every namespace and interface made here starts with this
 BROWSE = """
 import json, sys
+import requests
 from daemon.testing import Browser
 url, action, username, password = sys.argv[1:5]
-b = Browser(url, timeout=10)
+session = requests.Session()
+session.trust_env = False
+b = Browser(url, session, timeout=10)
 r = b.signup(username, password) if action == "signup" else b.login(username, password)
 print(json.dumps({"status": r.status_code, "location": r.headers.get("Location"), "text": r.text[:3000]}))
 """
+
+
+def direct() -> requests.Session:
+    """HTTP straight to the test's hosts: a proxy from the environment could not reach them."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def _why_not() -> str | None:
@@ -123,7 +133,7 @@ class Host:
 
     def healthy(self) -> bool:
         try:
-            return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            return direct().get(f"{self.url}/healthz", timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
@@ -346,20 +356,26 @@ def new_name(tag: str) -> str:
 
 
 def sign_up(host: Host, username: str) -> requests.Response:
-    return Browser(host.url).signup(username, PASSWORD)
+    return Browser(host.url, direct()).signup(username, PASSWORD)
+
+
+def page_text(html: str) -> str:
+    """What a person reads on the page (for failure messages): tags and the page header dropped."""
+    body = html.split("</header>", 1)[-1]
+    return " ".join(re.sub(r"<[^>]+>", " ", body).split())[:400]
 
 
 def assert_signed_up(host: Host, username: str) -> None:
     resp = sign_up(host, username)
     assert (resp.status_code, resp.headers.get("Location")) == (302, "/"), \
-        f"sign-up of {username} on {host.name}: {resp.status_code} {resp.text[:300]}"
+        f"sign-up of {username} on {host.name}: {resp.status_code} {page_text(resp.text)}"
 
 
 def logged_in(host: Host, username: str) -> Browser:
-    b = Browser(host.url)
+    b = Browser(host.url, direct())
     resp = b.login(username, PASSWORD)
     assert (resp.status_code, resp.headers.get("Location")) == (302, "/budget"), \
-        f"login of {username} on {host.name}: {resp.status_code} {resp.text[:300]}"
+        f"login of {username} on {host.name}: {resp.status_code} {page_text(resp.text)}"
     return b
 
 
@@ -375,7 +391,7 @@ def carried(browser: Browser, host: Host) -> Browser:
 
     In production one name, behind a load balancer, fronts every host.
     """
-    other = Browser(host.url)
+    other = Browser(host.url, direct())
     for cookie in browser.session.cookies:
         other.session.cookies.set(cookie.name, cookie.value, domain=host.addr, path=cookie.path)
     return other
