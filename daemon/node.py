@@ -26,7 +26,7 @@ from daemon.cache import Cache, now_ms, user_entry
 from daemon.control import Control
 from daemon.curve import Curve
 from daemon.guard import Refusals, ReplayWindow
-from daemon.config import WILDCARDS, Settings, ensure_run_dir, resolve_cookie
+from daemon.config import WILDCARDS, Settings, ensure_run_dir, is_url, resolve_cookie
 from daemon.hlc import HLC
 from daemon.membership import Membership, Peer, monotonic_ms
 from daemon.feed import SessionFeed, feed_path
@@ -322,7 +322,8 @@ class Daemon:
         to run from every node at once.
         """
         row = self._row()
-        users = [e[4] for e in self.cache.entries("u")]
+        # only a networked store can forget; a SQLite file's missing row just means it was pruned
+        users = [e[4] for e in self.cache.entries("u") if e[4] is not None] if is_url(self.settings.db) else []
 
         def job(res: Resources) -> int:
             res.registry.announce(row)
