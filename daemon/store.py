@@ -42,38 +42,6 @@ class Users(Protocol):
     def restore(self, users: list[dict]) -> int:
         """Write back users the store lost (a Redis without persistence restarted); returns how many."""
 
-    def close(self) -> None:
-        """Release the connection."""
-
-
-def open_users(url: str) -> Users:
-    """The user store named by the --db setting: a path, sqlite:///path, or redis://host:port/N."""
-    if url.startswith(("redis://", "rediss://")):
-        from daemon.redis_store import RedisUserStore
-        return RedisUserStore(url)
-    return UserStore(url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url)
-
-
-class StoreUnavailable(ConnectionError):
-    """A networked store (Redis) cannot be reached or refused; the message is one line for a person.
-
-    A ConnectionError, hence an OSError: the CLI reports it at start as one
-    line, and once running the daemon answers "the user store is unavailable".
-    """
-
-
-class Users(Protocol):
-    """What the daemon needs from the durable user record, whatever holds it."""
-
-    def insert(self, user: dict) -> None:
-        """Store a new user atomically; raise UsernameTaken if the username exists."""
-
-    def load(self) -> Iterator[dict]:
-        """Every user (id, username, password_hash, created_at), read in pages."""
-
-    def restore(self, users: list[dict]) -> int:
-        """Write back users the store lost (a Redis without persistence restarted); returns how many."""
-
     def insert_budget(self, entry: list) -> None:
         """Store a budget entry (a wire entry of kind "b", version included, so boot reproduces it)."""
 
