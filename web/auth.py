@@ -13,6 +13,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 
 from daemon.client import DaemonError
+from web import throttle
 from web.forms import LoginForm, SignupForm
 from web.node import daemon
 from web.sessions import end_session, pop_return_path, remember_return_path, start_session
@@ -56,9 +57,13 @@ def login() -> Response | str:
     form = LoginForm()
     error = None
     if form.validate_on_submit():
-        if _password_ok(form.username.data, form.password.data):
-            start_session(form.username.data)
+        username = form.username.data
+        throttle.check(username)  # 429 before any hash: a locked-out guess learns nothing
+        if _password_ok(username, form.password.data):
+            throttle.succeeded(username)
+            start_session(username)
             return redirect(pop_return_path() or url_for("pages.budget"))
+        throttle.failed(username)
         error = WRONG_LOGIN
     return render_template("login.html", form=form, error=error)
 

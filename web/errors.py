@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, TooManyRequests
 
 from daemon.client import DaemonError, DaemonUnavailable
 from web.node import node_name
@@ -19,6 +19,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(DaemonUnavailable, daemon_unavailable)
     app.register_error_handler(DaemonError, daemon_refused)
     app.register_error_handler(RequestEntityTooLarge, too_large)
+    app.register_error_handler(TooManyRequests, too_many_attempts)
     app.register_error_handler(InternalServerError, internal_error)
     app.register_error_handler(HTTPException, http_error)
 
@@ -49,6 +50,15 @@ def daemon_refused(exc: DaemonError) -> tuple[str, int]:
 
 def too_large(exc: RequestEntityTooLarge) -> tuple[str, int]:
     return page(413, "That was too much", "A request to this site may carry at most 64 KiB.")
+
+
+def too_many_attempts(exc: TooManyRequests) -> tuple[str, int, dict[str, str]]:
+    """Login throttling: the wait is in Retry-After, and said in words too."""
+    wait = int(getattr(exc, "retry_after", None) or 60)
+    body, code = page(429, "Too many failed logins",
+                      f"Too many failed logins for this username or from this address. "
+                      f"Try again in {wait} seconds.")
+    return body, code, {"Retry-After": str(wait)}
 
 
 def internal_error(exc: InternalServerError) -> tuple[str, int]:

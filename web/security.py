@@ -1,0 +1,70 @@
+"""Response headers that keep browsers strict, and session cookies that are Secure when they should be.
+
+The pages load nothing but their own stylesheet and have no inline script or
+style, so the Content-Security-Policy can allow 'self' and nothing else; an
+injected ``<script>`` or ``style=`` would not run even if escaping ever failed.
+The pages may not be framed (clickjacking) and forms may post only here.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.wrappers import Response
+
+from daemon.config import Settings
+
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+])
+
+HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+HSTS = "max-age=31536000"  # only ever sent over https: a browser ignores it on http anyway
+
+
+def add_headers(response: Response) -> Response:
+    """after_request: every response, error pages and static files included, gets the same headers."""
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie session, marked Secure per request rather than once per app.
+
+    The cookie is Secure whenever this request came over https (the WSGI
+    url_scheme), and always when SESSION_COOKIE_SECURE (the ``secure_cookies``
+    setting) is on: behind a TLS proxy that talks plain http to waitress, only
+    the setting can know that the browser used https.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
+
+
+def install(app: Flask, settings: Settings) -> None:
+    """The web's whole security policy, set in one place: cookies, headers, session lifetimes, throttling."""
+    from web import sessions, throttle  # they import the views' helpers; keep `import web` cheap
+    app.config.update({
+        "SESSION_COOKIE_SECURE": settings.secure_cookies,
+        sessions.LIFETIMES: (settings.session_idle_s, settings.session_ttl_s),
+        throttle.CONFIG_KEY: throttle.Limits(settings.throttle_user, settings.throttle_addr,
+                                             settings.throttle_window_s),
+    })
+    app.session_interface = SessionInterface()
+    app.before_request(sessions.enforce_lifetimes)
+    app.after_request(add_headers)
