@@ -130,12 +130,18 @@ def _start_app(kind: str, env: dict | None = None, headers: dict | None = None) 
     argv = [sys.executable, "-m", "bench.apps", kind, "--port", str(port)]
     if headers is not None:
         argv += ["--headers", json.dumps(headers)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log goes to a file, never to a pipe nobody reads: waitress warns on every queued burst, and
+    # a full pipe would block the server in the middle of a run.
+    log = tempfile.NamedTemporaryFile(prefix=f"lm-app-{kind}-", suffix=".log", delete=False)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log_path = log.name  # removed when the run ends
+    log.close()
     url = f"http://127.0.0.1:{port}"
 
     def up() -> None:
         if proc.poll() is not None:
-            raise RuntimeError(f"bench.apps {kind} exited: {proc.stderr.read().decode()[-2000:]}")
+            with open(log.name, errors="replace") as f:
+                raise RuntimeError(f"bench.apps {kind} exited: {f.read()[-2000:]}")
         requests.get(url + "/", timeout=1)
     eventually(up, timeout=30, interval=0.1)
     return proc, url
@@ -199,3 +205,5 @@ def run(repeat: int, seconds: float, redis_ok: bool, progress=None) -> dict:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+                if os.path.exists(proc.log_path):
+                    os.unlink(proc.log_path)
