@@ -435,6 +435,12 @@ class Daemon:
         if env.type not in allowed:
             self.refusals.refuse(where, "wrong_socket", env.sender, env.type)
             return None
+        if env.sender == self.name:
+            # Only a replay carries our own name back to us (every node announces itself to any
+            # registry row, so a rogue row collects genuine frames).  Taken, it made the node its
+            # own peer, which for one thing doubled its login-failure counts.
+            self.refusals.refuse(where, "own_name", env.sender)
+            return None
         if env.sender in self.blocked:
             self.stats["drop_partitioned"] += 1
             return None
