@@ -6,7 +6,7 @@ decoder property; each example feeds the decoder dozens of frames.  The live
 tests send ``LOGONMESH_FUZZ_EXAMPLES // 10`` batches of up to 120 frames to
 every socket.  For a long run on the benchmark machine::
 
-    LOGONMESH_FUZZ_EXAMPLES=200000 pytest tests/hostile -s -p no:timeout
+    LOGONMESH_FUZZ_EXAMPLES=20000 pytest tests/hostile -s -p no:timeout
 
 The total number of inputs tried is printed at the end of every run.
 """
