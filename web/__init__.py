@@ -37,9 +37,10 @@ def mirror_staleness(settings: Settings) -> float:
     """Trust the session mirror for a heartbeat and a half past the last tick (the daemon ticks each beat).
 
     That bounds how long a frozen daemon can leave a logout elsewhere unseen,
-    and stays under the 2 s in which a dead daemon must turn into a 503.
+    and stays under the 2 s in which a dead daemon must turn into a 503; the
+    floor of 0.5 s keeps a busy machine's late tick from untrusting the mirror.
     """
-    return min(1.5 * settings.heartbeat_ms / 1000 + 0.1, 1.8)
+    return min(max(1.5 * settings.heartbeat_ms / 1000 + 0.1, 0.5), 1.8)
 
 
 def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
