@@ -26,9 +26,15 @@ def spy_available() -> bool:
 
 
 def spy(pid: int, seconds: float, out: str, idle: bool = False) -> subprocess.Popen:
-    """Start py-spy on pid for `seconds`, writing folded stacks to `out`; the caller waits on it."""
+    """Start py-spy on pid for `seconds`, writing folded stacks to `out`; the caller waits on it.
+
+    Only samples of the thread holding the GIL count (``--gil``): the web and
+    the daemon are GIL-bound, and a thread waiting for the GIL (which py-spy
+    would otherwise show in whatever call it just returned from, often a
+    socket send) is not where the time goes.
+    """
     argv = ["py-spy", "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", str(SPY_RATE),
-            "-f", "raw", "-o", out, "--nonblocking"]
+            "-f", "raw", "-o", out, "--nonblocking", "--gil"]
     if idle:
         argv.append("--idle")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,8 +75,9 @@ def top(folded: str, n: int = 15, skip_idle: bool = True) -> str:
     if not total:
         return "(no busy samples)"
     width = 60
-    lines = [f"{total} busy samples at {SPY_RATE} Hz", "", f"{'inclusive':>9}  {'self':>6}  function"]
-    boring = ("Thread._bootstrap", "Thread.run", "<module>", "_run_module", "run_module")
+    lines = [f"{total} samples holding the GIL, at {SPY_RATE} Hz", "", f"{'inclusive':>9}  {'self':>6}  function"]
+    boring = ("Thread._bootstrap", "Thread.run", "<module>", "_run_module", "run_module", "_run_code",
+              "Command.", "CommandGroup.", "Group.invoke", "Context.invoke", "daemon (cli.py)", "web (cli.py)")
     shown = 0
     for name, k in incl.most_common():
         if name.startswith(boring):
