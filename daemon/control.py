@@ -113,7 +113,7 @@ class Control:
             d.publish_entries([entry])
             reply({"id": user["id"], "username": username, "created_at": user["created_at"]})
 
-        d.worker.submit(lambda res: res.users.insert(user), inserted)
+        d.worker.submit(lambda res: res.users.insert(user, d.name), inserted)
 
     def op_user(self, reply: Reply, username: str) -> None:
         item = self.d.cache.get("u", username)

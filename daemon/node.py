@@ -376,6 +376,30 @@ class Daemon:
             self.membership.mark_down(peer, "left the registry")
             if peer.lost_at is None:
                 peer.lost_at = monotonic_ms()
+            self._adopt(peer.name)
+
+    def _adopt(self, name: str) -> None:
+        """Take in, from the store, every user a node wrote, once that node has left the registry.
+
+        A node killed between storing a user and publishing it would otherwise
+        leave that user known to the store alone.  Its row leaving the registry
+        (withdrawn, pruned or expired) is the sign it is gone for good; a node
+        cut off by a partition keeps its row, so a partition still is one.
+        Whatever is new here is published, so every peer has it too.
+        """
+        def job(res: Resources) -> list[list]:
+            return [user_entry(u) for u in res.users.written_by(name)]
+
+        def done(entries: list[list] | None, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("could not read the users %s wrote: %s", name, error)
+                return
+            adopted = self.cache.merge(entries or [])
+            if adopted:
+                log.warning("adopted %d users that %s stored but never published", len(adopted), name)
+                self.stats["users_adopted"] += len(adopted)
+                self._repaired(adopted)
+        self.worker.submit(job, done)
 
     # ---- sending --------------------------------------------------------
 

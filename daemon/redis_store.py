@@ -28,12 +28,16 @@ FIELDS = ("id", "username", "password_hash", "created_at")
 LOAD_PAGE = 1000      # users per SCAN page and per pipelined HGETALL at boot
 RESTORE_PAGE = 500    # users per pipelined restore round trip
 
-# Create the user only if the username is free; 1 when created, 0 when taken.
+# Create the user only if the username is free; 1 when created, 0 when taken.  KEYS[2], when
+# given, is the set of usernames the writing node created (see written_by).
 INSERT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'username', ARGV[2], 'password_hash', ARGV[3], 'created_at', ARGV[4])
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], ARGV[2])
+end
 return 1
 """
 
@@ -50,11 +54,28 @@ class RedisUserStore:
     def _key(self, username: str) -> str:
         return self.link.key("user", username)
 
-    def insert(self, user: dict) -> None:
+    def insert(self, user: dict, node: str) -> None:
         created = self.link.call("register a user", lambda c: self._insert(
-            keys=[self._key(user["username"])], args=[str(user[f]) for f in FIELDS], client=c))
+            keys=[self._key(user["username"]), self.link.key("by-node", node)],
+            args=[str(user[f]) for f in FIELDS], client=c))
         if created != 1:
             raise UsernameTaken(user["username"])
+
+    def written_by(self, node: str) -> Iterator[dict]:
+        names = sorted(self.link.call("list a node's users",
+                                      lambda c: c.smembers(self.link.key("by-node", node))))
+        for i in range(0, len(names), self.page):
+            page = names[i:i + self.page]
+
+            def fetch(c: redis.Redis, page: list = page) -> list:
+                pipe = c.pipeline(transaction=False)
+                for name in page:
+                    pipe.hgetall(self._key(name))
+                return pipe.execute()
+            for fields in self.link.call("read a node's users", fetch):
+                user = self._parse(fields)
+                if user is not None:
+                    yield user
 
     def load(self) -> Iterator[dict]:
         match = glob_escape(self.link.key("user")) + ":*"

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Protocol, TypeVar
 
 import sqlite_utils
 
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = 750  # below the web's 1 s: a locked file says "unavailable" before the web gives up
 T = TypeVar("T")
 
 
@@ -33,8 +33,11 @@ class StoreUnavailable(ConnectionError):
 class Users(Protocol):
     """What the daemon needs from the durable user record, whatever holds it."""
 
-    def insert(self, user: dict) -> None:
-        """Store a new user atomically; raise UsernameTaken if the username exists."""
+    def insert(self, user: dict, node: str) -> None:
+        """Store a new user atomically, noting which node wrote it; raise UsernameTaken if the name exists."""
+
+    def written_by(self, node: str) -> Iterator[dict]:
+        """The users a node wrote: what the others adopt when that node vanishes for good."""
 
     def load(self) -> Iterator[dict]:
         """Every user (id, username, password_hash, created_at), read in pages."""
@@ -77,7 +80,7 @@ def _prepare(db: sqlite_utils.Database) -> None:
     ensure_tables(db)
 
 
-def with_retry(fn: Callable[[], T], seconds: float = BUSY_TIMEOUT_MS / 1000) -> T:
+def with_retry(fn: Callable[[], T], seconds: float = 5.0) -> T:
     """Run fn, retrying while SQLite says "locked".
 
     Switching to WAL and creating tables take locks that the busy timeout does
@@ -99,6 +102,9 @@ def ensure_tables(db: sqlite_utils.Database) -> None:
     db["users"].create({"id": str, "username": str, "password_hash": str, "created_at": str},
                        pk="id", not_null={"username", "password_hash", "created_at"}, if_not_exists=True)
     db["users"].create_index(["username"], unique=True, if_not_exists=True)
+    if "node" not in db["users"].columns_dict:  # optional: which node wrote the row (NULL for others' rows)
+        db["users"].add_column("node", str)
+    db["users"].create_index(["node"], if_not_exists=True)
     db["budget"].create({"id": str, "username": str, "label": str, "cents": int, "created_at": str,
                          "hlc": int, "origin": str}, pk="id", if_not_exists=True)
 
@@ -121,11 +127,15 @@ class UserStore:
     def __init__(self, path: str) -> None:
         self.db = open_db(path)
 
-    def insert(self, user: dict) -> None:
+    def insert(self, user: dict, node: str) -> None:
         try:
-            self.db["users"].insert(user)
+            self.db["users"].insert(dict(user, node=node))
         except sqlite3.IntegrityError:
             raise UsernameTaken(user["username"]) from None
+
+    def written_by(self, node: str) -> Iterator[dict]:
+        yield from self.db.query("select id, username, password_hash, created_at from users where node = ?",
+                                 [node])
 
     def load(self) -> Iterator[dict]:
         yield from self.db.query("select id, username, password_hash, created_at from users")

@@ -184,6 +184,18 @@ def test_bad_rows_are_ignored_and_counted(url: str) -> None:
 
 # ---- users ----------------------------------------------------------------------
 
+def test_written_by_lists_the_users_a_node_wrote(url: str) -> None:
+    """What the others adopt when a node vanishes (see Daemon._adopt)."""
+    store = open_users(url)
+    try:
+        for name, node in (("a1", "x"), ("a2", "x"), ("b1", "y")):
+            store.insert(user(name), node)
+        assert sorted(u["username"] for u in store.written_by("x")) == ["a1", "a2"]
+        assert [u["username"] for u in store.written_by("nobody")] == []
+    finally:
+        store.close()
+
+
 def test_registration_is_unique_under_concurrency(url: str) -> None:
     """Sixteen threads, each with its own connection, race for one username: one wins."""
     barrier = threading.Barrier(16)
@@ -192,7 +204,7 @@ def test_registration_is_unique_under_concurrency(url: str) -> None:
         store = open_users(url)
         try:
             barrier.wait()
-            store.insert(user("contested", n))
+            store.insert(user("contested", n), f"n{n}")
             return True
         except UsernameTaken:
             return False
@@ -208,7 +220,7 @@ def test_registration_is_unique_under_concurrency(url: str) -> None:
         [stored] = [u for u in store.load() if u["username"] == "contested"]
         assert stored["password_hash"] == f"hash-{winner}"
         with pytest.raises(UsernameTaken):
-            store.insert(user("contested", 99))
+            store.insert(user("contested", 99), "n99")
     finally:
         store.close()
 
@@ -250,7 +262,7 @@ def test_unreachable_redis_is_one_clear_error() -> None:
             list(store.load())
         t0 = time.monotonic()
         with pytest.raises(StoreUnavailable):
-            store.insert(user("anyone"))
+            store.insert(user("anyone"), "n1")
         assert time.monotonic() - t0 < 0.1, "the breaker fails at once while the server is known down"
     finally:
         store.close()
