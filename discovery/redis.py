@@ -125,7 +125,7 @@ class _Health:
         if self.down_since is None:
             self.down_since = time.monotonic()
             if self.answered:
-                    log.warning("redis at %s is unreachable: %s (retrying every %.1f s)", url, exc,
+                log.warning("redis at %s is unreachable: %s (retrying every %.1f s)", url, exc,
                             PROBE_INTERVAL_S)
         self.down_until = time.monotonic() + PROBE_INTERVAL_S
 

@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -40,7 +39,7 @@ import redis
 import requests
 import zmq
 
-from daemon.client import DaemonClient, DaemonUnavailable
+from daemon.client import DaemonClient
 from daemon.testing import Browser, Proc, eventually
 
 PASSWORD = "correct horse battery"
