@@ -72,7 +72,8 @@ def _insert_for(path: str, tag: str, seconds: float) -> int:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             store.insert({"id": uuid.uuid4().hex, "username": f"{tag}{n:07d}", "password_hash": FAKE_HASH,
-                          "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
+                          "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")},
+                         f"bench{tag}")  # the node that wrote it, as a daemon names itself
             n += 1
         return n
     finally:
