@@ -116,8 +116,18 @@ def enforce_lifetimes() -> None:
     now = int(time.time())
     if _expired(now):
         end_session()
-    elif session.get(LAST_SEEN) != now:
+    elif now - session.get(LAST_SEEN, 0) >= _refresh_every(current_app.config[LIFETIMES][0]):
         session[LAST_SEEN] = now
+
+
+def _refresh_every(idle_s: int) -> int:
+    """How stale the last-seen stamp may get before the cookie is signed again.
+
+    Re-signing the cookie costs a page about as much as the rest of its session
+    check, so it is refreshed only every tenth of the idle lifetime (at most a
+    minute): the idle limit then holds to within that much.
+    """
+    return max(1, min(60, idle_s // 10))
 
 
 def _expired(now: int) -> bool:
