@@ -103,7 +103,11 @@ def ensure_tables(db: sqlite_utils.Database) -> None:
                        pk="id", not_null={"username", "password_hash", "created_at"}, if_not_exists=True)
     db["users"].create_index(["username"], unique=True, if_not_exists=True)
     if "node" not in db["users"].columns_dict:  # optional: which node wrote the row (NULL for others' rows)
-        db["users"].add_column("node", str)
+        try:
+            db["users"].add_column("node", str)
+        except sqlite3.OperationalError as exc:  # another daemon opening the new file added it first
+            if "duplicate column" not in str(exc):
+                raise
     db["users"].create_index(["node"], if_not_exists=True)
     db["budget"].create({"id": str, "username": str, "label": str, "cents": int, "created_at": str,
                          "hlc": int, "origin": str}, pk="id", if_not_exists=True)
