@@ -204,6 +204,7 @@ class Control:
         d = self.d
         root = d.cache.digest.root
         reply({"node": d.name, "digest": root.hex(),
+               "heartbeat_ms": d.settings.heartbeat_ms, "down_after_ms": d.settings.down_after_ms,
                "peers": [p.view(root) for p in sorted(d.membership.peers.values(), key=lambda p: p.name)]})
 
     def op_cache(self, reply: Reply, user: str | None, sessions: bool, limit: int) -> None:

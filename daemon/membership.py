@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -22,6 +23,7 @@ from discovery import NodeRow
 log = logging.getLogger(__name__)
 
 PEER_HWM = 100  # what may queue for a peer that is not there yet; bounded, never blocks
+BEAT_SAMPLES = 30  # heartbeat gaps kept per peer, for the web's /cluster chart
 
 
 def monotonic_ms() -> float:
@@ -43,6 +45,8 @@ class Peer:
     in_registry: bool = True
     lost_at: float | None = None    # monotonic ms when it went down (kept for tools)
     change_reason: str = ""
+    last_beat: float = 0.0          # monotonic ms of the last heartbeat (not any bus message)
+    beat_gaps: deque = field(default_factory=lambda: deque(maxlen=BEAT_SAMPLES), repr=False)
     dealer: zmq.Socket | None = field(default=None, repr=False)
 
     def connect(self, ctx: zmq.Context, curve: Curve) -> None:
@@ -62,6 +66,13 @@ class Peer:
         except zmq.Again:
             return False
 
+    def beat(self) -> None:
+        """A heartbeat arrived: keep how long it came after the previous one (ms), so a person can see jitter."""
+        now = monotonic_ms()
+        if self.last_beat:
+            self.beat_gaps.append(round(now - self.last_beat))
+        self.last_beat = now
+
     def close(self) -> None:
         if self.dealer is not None:
             self.dealer.close(linger=0)
@@ -72,7 +83,8 @@ class Peer:
                 "incarnation": self.bus_incarnation or self.incarnation, "last_seq": self.last_seq,
                 "digest_match": bool(self.digest) and self.digest == my_digest,
                 "heard_ms_ago": round(monotonic_ms() - self.last_heard) if self.last_heard else None,
-                "reason": self.change_reason, "in_registry": self.in_registry}
+                "reason": self.change_reason, "in_registry": self.in_registry,
+                "beat_gaps_ms": list(self.beat_gaps)}
 
 
 class Membership:

@@ -505,6 +505,7 @@ class Daemon:
         if env.type == "merge":
             self._merge_from(env.payload["entries"])
         elif env.type == "hb":
+            peer.beat()
             reason = reason or self._check_digest(peer, env.payload["digest"])
         if came_up:
             reason = "peer_up"
