@@ -7,6 +7,7 @@ The daemon-down tests come last and put the node back as they found it.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
@@ -301,6 +302,98 @@ def test_healthz_reports_node_and_peers(nodes: tuple[Node, Node]) -> None:
     assert requests.get(f"{n2.url}/static/style.css", timeout=5).status_code == 200
 
 
+# ---- the budget demo, the cluster page and the footer ----------------------------
+
+def entry_rows(page: requests.Response) -> list[str]:
+    """The budget table's label cells, newest first."""
+    return re.findall(r'<td class="label-cell">([^<]*)<', page.text)
+
+
+def test_budget_entries_added_on_node2_appear_on_node1(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    b, username = logged_in(n2, "budget")
+    b.get("/budget")
+    resp = b.post_form("/budget", {"label": "Groceries", "amount": "-42.5"})
+    assert (resp.status_code, resp.headers["Location"]) == (303, "/budget")  # PRG: a reload posts nothing
+    assert b.post_form("/budget", {"label": "Salary", "amount": "1200"}).status_code == 303
+    page = b.get("/budget")
+    assert entry_rows(page) == ["Salary", "Groceries"]
+    assert "Added \u201cSalary\u201d" in page.text and '<p class="total">1,157.50</p>' in page.text
+    assert n2.call("budget_list", username=username)["total_cents"] == 115750
+
+    def on_node1() -> None:
+        page = b.at(n1.url).get("/budget")
+        assert 'class="served-by">node1<' in page.text and entry_rows(page) == ["Salary", "Groceries"]
+        assert '<p class="total">1,157.50</p>' in page.text
+    eventually(on_node1)
+
+
+@pytest.mark.parametrize("label,amount,field,text", [
+    ("", "3", "label", "Say what the entry is for."),
+    ("x" * 81, "3", "label", "at most 80 characters"),
+    ("Tea", "", "amount", "Enter an amount"),
+    ("Tea", "1.234", "amount", "at most two decimals"),
+    ("Tea", "1e3", "amount", "at most two decimals"),
+    ("Tea", "12345678901", "amount", "at most two decimals"),
+    ("Tea", "0.00", "amount", "zero"),
+])
+def test_a_refused_budget_entry_shows_its_error_beside_the_field(
+        nodes: tuple[Node, Node], label: str, amount: str, field: str, text: str) -> None:
+    n1, _ = nodes
+    b, username = logged_in(n1, "entry")
+    b.get("/budget")
+    resp = b.post_form("/budget", {"label": label, "amount": amount})
+    assert_form_with_error(resp, text)
+    assert f'id="{field}-error"' in resp.text
+    tag = re.search(rf'<input[^>]*id="{field}"[^>]*>', resp.text).group(0)
+    assert 'aria-invalid="true"' in tag and f"{field}-error" in tag and "autofocus" in tag
+    assert n1.call("budget_list", username=username)["entries"] == []
+
+
+def test_amounts_are_read_as_people_write_them() -> None:
+    from web.forms import parse_cents
+    from web.present import money
+    cases = {"12.50": 1250, "-3": -300, "+0,5": 50, "\u22127.05": -705, "9999999999.99": 999999999999,
+             "1.": None, ".5": None, "1,000": None, "12.345": None, "--1": None, " 1": None}
+    assert {text: parse_cents(text) for text in cases} == cases
+    assert [money(c) for c in (0, 5, -300, 123456789)] == ["0.00", "0.05", "\u22123.00", "1,234,567.89"]
+
+
+def test_budget_post_without_a_session_goes_to_the_login(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b = Browser(n1.url)
+    b.get("/")
+    resp = b.post_form("/budget", {"label": "x", "amount": "1"})
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/")
+
+
+def test_cluster_page_shows_the_peers_for_a_logged_in_user(nodes: tuple[Node, Node]) -> None:
+    n1, _ = nodes
+    b = Browser(n1.url)
+    resp = b.get("/cluster")
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/")
+    b, _ = logged_in(n1, "cluster")
+    page = b.get("/cluster")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    row = re.search(r'<tr class="state-(\w+)">\s*<th scope="row">node2</th>', page.text)
+    assert row and row.group(1) == "up", page.text[:3000]
+    assert '<th scope="row">node1</th>' in page.text and "0 down" in page.text
+    bars = re.findall(r'<rect class="bar (\w+)"', page.text)
+    assert bars and set(bars) <= {"ok", "late", "over", "open"}
+    peers = n1.call("peers")
+    assert peers["heartbeat_ms"] == 100 and peers["down_after_ms"] == 300
+    assert all(0 < gap < 5000 for gap in peers["peers"][0]["beat_gaps_ms"])
+
+
+def test_every_page_has_a_footer_with_the_node_and_its_peers(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    b, _ = logged_in(n2, "footer")
+    for path in ("/", "/signup", "/budget", "/cluster", "/nope"):
+        page = b.get(path)
+        assert 'Served by node <strong class="footer-node">node2</strong>' in page.text, path
+        assert '<span class="peers-up">node1</span>' in page.text, path
+
+
 # ---- daemon down (last: they disturb node1, and put it back) ----------------
 
 def timed_get(b: Browser, path: str) -> tuple[requests.Response, float]:
@@ -353,6 +446,8 @@ def _assert_down(n1: Node, b: Browser, username: str) -> None:
     health = requests.get(f"{n1.url}/healthz", timeout=5)
     assert health.status_code == 503 and health.json()["daemon"] is False
     assert b.get("/").status_code == 200  # forms still render without the daemon
+    # the footer says so (its ping is cached for up to a second) rather than failing the page
+    eventually(lambda: "daemon is not answering" in b.get("/").text, timeout=DOWN_DEADLINE_S)
     started = time.perf_counter()
     resp = b.post_form("/", {"username": username, "password": PASSWORD})
     assert resp.status_code == 503 and time.perf_counter() - started < DOWN_DEADLINE_S

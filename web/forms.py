@@ -1,6 +1,8 @@
-"""The three forms.  Each is a FlaskForm, so each carries and checks a `csrf_token`."""
+"""The forms.  Each is a FlaskForm, so each carries and checks a `csrf_token`."""
 
 from __future__ import annotations
+
+import re
 
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
@@ -40,3 +42,57 @@ class LoginForm(FlaskForm):
 
 class LogoutForm(FlaskForm):
     """No fields: it exists so that logging out needs a valid csrf_token."""
+
+
+# ---- the budget demo ------------------------------------------------------------
+
+LABEL_MAX = 80                      # what the daemon accepts (budget_add)
+AMOUNT_RE = re.compile(r"([+-]?)(\d{1,10})(?:[.,](\d{1,2}))?")  # 10 digits: under the daemon's 10**12 cents
+
+
+def _strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
+def label_rules(form: FlaskForm, field: StringField) -> None:
+    value = field.data or ""
+    if not value:
+        raise ValidationError("Say what the entry is for.")
+    if len(value) > LABEL_MAX:
+        raise ValidationError(f"A label has at most {LABEL_MAX} characters.")
+    if not value.isprintable():
+        raise ValidationError("A label may contain only printable characters.")
+
+
+def parse_cents(text: str) -> int | None:
+    """'12.50' -> 1250, '-3' -> -300, '+0,5' -> 50; None for anything else (no thousands separators)."""
+    found = AMOUNT_RE.fullmatch(text.replace("\u2212", "-"))  # a typographic minus is still a minus
+    if found is None:
+        return None
+    sign, units, fraction = found.groups()
+    cents = int(units) * 100 + int((fraction or "0").ljust(2, "0"))
+    return -cents if sign == "-" else cents
+
+
+def amount_rules(form: FlaskForm, field: StringField) -> None:
+    value = field.data or ""
+    if not value:
+        raise ValidationError("Enter an amount, like 12.50 or -3.")
+    cents = parse_cents(value)
+    if cents is None:
+        raise ValidationError("Use digits with at most two decimals, like 12.50 or -3.")
+    if cents == 0:
+        raise ValidationError("An entry of zero changes nothing: enter another amount.")
+
+
+class BudgetEntryForm(FlaskForm):
+    """One budget line: what it is for, and an amount in currency units (negative for spending)."""
+
+    label = StringField("What for", filters=[_strip], validators=[label_rules])
+    amount = StringField("Amount", filters=[_strip], validators=[amount_rules])
+
+    @property
+    def cents(self) -> int:
+        cents = parse_cents(self.amount.data or "")
+        assert cents is not None, "read cents only after validate()"
+        return cents

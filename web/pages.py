@@ -1,30 +1,147 @@
-"""The protected page and the health check."""
+"""The protected pages (the budget demo, the cluster view), the health check, and every page's footer."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, redirect, render_template, url_for
+import threading
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
 from daemon.client import DaemonError, DaemonUnavailable
-from web.forms import LogoutForm
+from web import present
+from web.forms import BudgetEntryForm, LogoutForm
 from web.node import daemon, node_name
 from web.sessions import current_session, remember_return_path, requested_path
 
 bp = Blueprint("pages", __name__)
 
 HEALTH_TIMEOUT_MS = 500  # a load balancer's probe should learn fast, not wait for the page timeout
+GLANCE_TTL_S = 1.0       # the footer's view of the cluster is at most this old
+GLANCE_TIMEOUT_MS = 300  # the footer waits this long for a ping, once a second at most, never more
+
+# What the daemon says about a budget entry it refused -> (form field or None for the form, message, status)
+BUDGET_REFUSALS = {
+    "no such user": (None, "This node does not know your account yet. Try again in a moment.", 409),
+    "a label is 1 to 80 printable characters": ("label", "A label is 1 to 80 printable characters.", 200),
+    "that amount is too large": ("amount", "That amount is too large.", 200),
+    "the user store is unavailable": (None, "Entries cannot be saved right now: the user store cannot be "
+                                            "reached. Try again in a moment.", 503),
+}
+
+
+def _signed_in_user() -> str | None:
+    """The session's username, or None after remembering where the person wanted to go."""
+    found = current_session()
+    if found is None:
+        remember_return_path(requested_path())
+        return None
+    return found["user"]
+
+
+def _page(body: str, status: int = 200) -> Response:
+    response = Response(body, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/budget")
 def budget() -> Response:
+    username = _signed_in_user()
+    if username is None:
+        return redirect(url_for("auth.login"))
+    return _budget_page(username, BudgetEntryForm())
+
+
+@bp.post("/budget")
+def budget_add() -> Response:
+    """Add an entry, then redirect back (PRG); a refused entry shows the page again with the error in place."""
     found = current_session()
     if found is None:
-        remember_return_path(requested_path())
+        remember_return_path(url_for("pages.budget"))
         return redirect(url_for("auth.login"))
-    page = render_template("budget.html", username=found["user"], node=node_name(), form=LogoutForm())
-    response = Response(page, mimetype="text/html")
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    username, form = found["user"], BudgetEntryForm()
+    if not form.validate_on_submit():
+        return _budget_page(username, form)
+    try:
+        added = daemon().call("budget_add", username=username, label=form.label.data, cents=form.cents)
+    except DaemonError as exc:
+        if str(exc) not in BUDGET_REFUSALS:
+            raise
+        where, message, status = BUDGET_REFUSALS[str(exc)]
+        if where is None:
+            return _budget_page(username, form, error=message, status=status)
+        getattr(form, where).errors = [message]
+        return _budget_page(username, form, status=status)
+    flash(f"Added \u201c{added['label']}\u201d, {present.money(added['cents'])}.")
+    return redirect(url_for("pages.budget"), 303)
+
+
+def _budget_page(username: str, entry_form: BudgetEntryForm, error: str | None = None,
+                 status: int = 200) -> Response:
+    """One budget_list round trip: the entries and their total, as this node's daemon has them."""
+    listed = daemon().call("budget_list", username=username)
+    page = render_template("budget.html", username=username, node=node_name(), form=LogoutForm(),
+                           entry_form=entry_form, error=error, entries=present.budget_rows(listed["entries"]),
+                           total=present.money(listed["total_cents"]),
+                           total_negative=listed["total_cents"] < 0)
+    return _page(page, status)
+
+
+@bp.get("/cluster")
+def cluster() -> Response:
+    """The live peers table, as `logonmesh peers` shows it, and a chart of each peer's recent heartbeats."""
+    username = _signed_in_user()
+    if username is None:
+        return redirect(url_for("auth.login"))
+    view = daemon().call("peers")
+    me = view.get("node", node_name())
+    rows = present.peer_rows(me, view)
+    heartbeat_ms, down_after_ms = view.get("heartbeat_ms", 1000), view.get("down_after_ms", 3000)
+    charts = [present.beat_chart(p, heartbeat_ms, down_after_ms) for p in sorted(view["peers"], key=lambda p: p["name"])]
+    page = render_template("cluster.html", username=username, node=node_name(), form=LogoutForm(),
+                           rows=rows, charts=charts, digest=view["digest"][:12],
+                           down=sum(not r["up"] for r in rows), heartbeat=present.ago(heartbeat_ms),
+                           down_after=present.ago(down_after_ms))
+    return _page(page)
+
+
+# ---- every page's footer: the serving node and the peers it sees up --------------------------
+
+class Glance:
+    """This node's daemon's `ping`, asked at most once a second per web process, shared by every page.
+
+    One request thread refreshes it while the others use the last answer, so
+    the footer never costs a page more than one short ping, and a page never
+    fails because of it: a silent daemon shows as "not answering".
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._value: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any] | None:
+        if time.monotonic() - self._at < GLANCE_TTL_S or not self._lock.acquire(blocking=False):
+            return self._value
+        try:
+            try:
+                info = daemon().call("ping", timeout_ms=GLANCE_TIMEOUT_MS)
+                value = {"daemon": True, "peers_up": list(info["peers_up"])}
+            except (DaemonUnavailable, DaemonError):
+                value = {"daemon": False, "peers_up": []}
+            self._value, self._at = value, time.monotonic()
+            return value
+        finally:
+            self._lock.release()
+
+
+@bp.app_context_processor
+def page_frame() -> dict[str, Any]:
+    """For base.html: the footer's glance and the links only this app has (other apps may render the templates)."""
+    glance = current_app.extensions.setdefault("logonmesh.glance", Glance())
+    return {"glance": glance.get(), "cluster_url": url_for("pages.cluster")}
 
 
 @bp.get("/healthz")
