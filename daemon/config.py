@@ -108,7 +108,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("db", "--db", "LOGONMESH_DB", "var/cluster.db", _db,
            "the cluster database: a path, sqlite:///path or redis://host:port/N[?prefix=P]"),
     Option("cookie", "--cookie", "LOGONMESH_COOKIE", None, _text,
-           "shared cluster secret; default: the file 'cookie' beside the database"),
+           "shared cluster secret; default: the file 'cookie' beside a SQLite database (required with redis://)"),
     Option("run_dir", "--run-dir", "LOGONMESH_RUN_DIR", "var/run", _text, "where the ipc sockets live"),
     Option("bind", "--bind", "LOGONMESH_BIND", "127.0.0.1", _text, "interface for the tcp sockets"),
     Option("advertise", "--advertise", "LOGONMESH_ADVERTISE", None, _text,
