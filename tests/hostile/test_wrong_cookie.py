@@ -2,7 +2,8 @@
 
 Two impostors share the registry with a healthy two-node cluster:
 
-* a real daemon started with another cookie, which announces itself,
+* a real daemon started with another cookie (and its own database: a writer
+  of the cluster's user store needs no cookie, see SECURITY.md), which
   heartbeats and publishes the merge of a user registered on it;
 * a forger in this process that publishes merges (a new user, a tombstone
   for an existing one, a session), answers every request it gets with forged
@@ -26,6 +27,7 @@ import pytest
 from daemon import wire
 from daemon.cache import user_entry
 from daemon.client import DaemonClient
+from daemon.store import open_db
 from daemon.testing import LocalCluster, Proc, eventually
 from hostile_kit import Rogue, assert_no_crash, dealer, drops, stats, tally
 
@@ -56,14 +58,18 @@ def forged_entries() -> list[list]:
 
 
 def test_a_daemon_with_the_wrong_cookie_is_never_heard(local_cluster: LocalCluster) -> None:
+    """Its own database (a writer of the cluster's store could add users without any cookie), its row in ours."""
     before = {n.name: (stats(n), n.status()["digest"]) for n in local_cluster.nodes}
-    env = dict(local_cluster.env, LOGONMESH_NODE="impostor", LOGONMESH_COOKIE=WRONG_COOKIE.decode())
+    own_db = os.path.join(local_cluster.dir, "impostor.db")
+    env = dict(local_cluster.env, LOGONMESH_NODE="impostor", LOGONMESH_COOKIE=WRONG_COOKIE.decode(),
+               LOGONMESH_DB=own_db)
     proc = Proc("impostor daemon", [sys.executable, "-m", "daemon", "daemon"], env,
                 os.path.join(local_cluster.dir, "impostor.daemon.log"))
     client = DaemonClient(os.path.join(local_cluster.run_dir, "impostor.ipc"), WRONG_COOKIE, name="impostor-cli")
     proc.start()
     try:
         eventually(lambda: client.call("ping", timeout_ms=500), timeout=20)
+        _copy_row("impostor", own_db, local_cluster.db)
         client.call("register", username="impostor-user", password_hash="scrypt:impostor")
         for node in local_cluster.nodes:  # its heartbeats and its merge arrive, and are refused
             eventually(lambda: _refused_at_least(node, before[node.name][0], "bad_signature", 5), timeout=10)
@@ -77,8 +83,28 @@ def test_a_daemon_with_the_wrong_cookie_is_never_heard(local_cluster: LocalClust
     finally:
         client.close()
         proc.stop()
+        _delete_row("impostor", local_cluster.db)
     assert "Traceback" not in proc.logs(), proc.logs()
     assert_no_crash(local_cluster)
+
+
+def _copy_row(name: str, source: str, target: str) -> None:
+    """Put a node's registry row into another database, with a heartbeat no daemon will prune."""
+    src, dst = open_db(source), open_db(target)
+    try:
+        row = dict(src["clusters"].get(name), heartbeat_at=time.time() + 3600)
+        dst["clusters"].upsert(row, pk="id")
+    finally:
+        src.conn.close()
+        dst.conn.close()
+
+
+def _delete_row(name: str, path: str) -> None:
+    db = open_db(path)
+    try:
+        db.execute("delete from clusters where id = ?", [name])
+    finally:
+        db.conn.close()
 
 
 def _refused_at_least(node, before, reason: str, n: int) -> None:
