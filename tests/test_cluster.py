@@ -127,7 +127,8 @@ def stored_users(cluster: LocalCluster) -> dict[str, dict]:
     """The users table of the cluster database: what was durably accepted."""
     with sqlite3.connect(f"file:{cluster.db}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
-        return {r["username"]: dict(r) for r in conn.execute("select * from users")}
+        return {r["username"]: dict(r) for r in
+                conn.execute("select id, username, password_hash, created_at from users")}
 
 
 def assert_records_match_store(cluster: LocalCluster, usernames: Sequence[str]) -> None:

@@ -39,10 +39,17 @@ def resolves(node: Node) -> int:
     return node.status()["stats"].get("ipc_session_resolve", 0)
 
 
+def a_page_asks_nobody(node: Node, b: Browser) -> None:
+    before = resolves(node)
+    assert b.authenticated()
+    assert resolves(node) == before, "the page asked the daemon"
+
+
 def test_pages_are_served_from_the_mirror(local_cluster: LocalCluster) -> None:
     n1, _ = local_cluster.nodes
     b, username = login(n1)
     eventually(lambda: b.authenticated())
+    eventually(lambda: a_page_asks_nobody(n1, b), timeout=5)  # the mirror has the new session
     before = resolves(n1)
     for _ in range(20):
         page = b.get("/budget")
@@ -86,6 +93,7 @@ def test_the_mirror_recovers_after_a_daemon_restart(local_cluster: LocalCluster)
     n1.daemon.start()
     local_cluster.wait_ready()
     eventually(on_n1.authenticated, timeout=10)  # the session came back from n2 by repair
+    eventually(lambda: a_page_asks_nobody(n1, on_n1), timeout=5)  # the mirror took a fresh snapshot
     before = resolves(n1)
     for _ in range(10):
         assert on_n1.authenticated()

@@ -79,6 +79,10 @@ class SessionMirror:
         if self._thread is not None:
             self._thread.join(2)
 
+    def start(self) -> None:
+        """Start following the feed now, so the mirror is warm before the first page (serve() calls it)."""
+        self._ensure_running()
+
     def _ensure_running(self) -> None:
         if self._thread is None:
             with self._start_lock:

@@ -26,6 +26,7 @@ def serve(settings: Settings, port: int) -> None:
     """Build the app and serve it; a port that cannot be bound is one line on stderr and exit 1."""
     _stop_on_signals()  # first, so that a SIGTERM during start-up also exits 0
     app = create_app(settings)
+    app.extensions["logonmesh.mirror"].start()
     try:
         server = create_server(app, host=settings.host, port=port, threads=THREADS, ident="logonmesh")
     except OSError as exc:
