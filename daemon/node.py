@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import zmq
 
@@ -43,6 +43,21 @@ MISMATCH_HEARTBEATS = 2   # a digest mismatch must persist this long before it m
 STALE_ROW_FACTOR = 10     # a registry row stale for this many down-periods is deleted
 REPUBLISH_BATCH = 500     # entries per bus merge when republishing what a repair brought
 REPAIR_TYPES = frozenset({"tree_req", "tree_rep", "diff_req", "diff_rep", "push", "sync_req", "sync_rep"})
+
+
+T = TypeVar("T")
+
+
+def drain(recv: Callable[[int], T], limit: int) -> Iterator[T]:
+    """What a socket holds now, up to ``limit`` messages and never waiting.
+
+    The bound gives the loop's timers and other sockets their turn under a flood.
+    """
+    for _ in range(limit):
+        try:
+            yield recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 class StartupError(Exception):
@@ -474,11 +489,7 @@ class Daemon:
         return env
 
     def _on_bus(self) -> None:
-        for _ in range(1000):  # bounded, so timers and other sockets get their turn
-            try:
-                frame = self.bus.sub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frame in drain(self.bus.sub.recv, 1000):
             env = self._receive(frame, "bus", wire.BUS_TYPES)
             if env is None or env.sender == self.name:
                 continue
@@ -543,11 +554,7 @@ class Daemon:
         return "digest_mismatch" if peer.mismatches >= MISMATCH_HEARTBEATS else None
 
     def _on_peer_request(self) -> None:
-        for _ in range(100):
-            try:
-                ident, *frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for ident, *frames in drain(self.router.recv_multipart, 100):
             if len(frames) != 1:
                 self.refusals.refuse("peer socket", "malformed", detail=f"{len(frames)} frames")
                 continue
@@ -589,11 +596,9 @@ class Daemon:
         return None
 
     def _on_peer_reply(self, peer: Peer) -> None:
-        for _ in range(100):
-            try:
-                frame = peer.dealer.recv(zmq.NOBLOCK)
-            except (zmq.Again, AttributeError):
-                return
+        if peer.dealer is None:
+            return
+        for frame in drain(peer.dealer.recv, 100):
             env = self._receive(frame, "peer reply", wire.PEER_REPLIES)
             if env is None:
                 continue
@@ -608,11 +613,7 @@ class Daemon:
                     self.request_repair(peer, "more")
 
     def _on_ipc(self) -> None:
-        for _ in range(100):
-            try:
-                ident, *frames = self.ipc.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for ident, *frames in drain(self.ipc.recv_multipart, 100):
             self.control.handle(ident, frames)
 
     # ---- helpers for control -------------------------------------------
