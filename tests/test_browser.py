@@ -92,7 +92,7 @@ class Watch:
     def attach(self, page: Any) -> None:
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-        page.on("requestfailed", lambda req: self.failed_requests.append(f"{req.url}: {req.failure}"))
+        page.on("requestfailed", self._failed)
         page.on("response", self._response)
 
     def _console(self, msg: Any) -> None:
@@ -104,6 +104,11 @@ class Watch:
             self.console_errors.append(text)
         elif msg.type == "warning":
             self.console_warnings.append(text)
+
+    def _failed(self, req: Any) -> None:
+        """A load the next navigation cancelled (the favicon, say) is not broken: every other failure is."""
+        if req.failure != "net::ERR_ABORTED":
+            self.failed_requests.append(f"{req.url}: {req.failure}")
 
     def _response(self, resp: Any) -> None:
         if resp.status >= 400 and resp.status not in self.expected_statuses:
