@@ -10,7 +10,8 @@ directory (printed at the end; run with -s to see it).
 
 The browser is the system's /usr/bin/chromium (``apt-get install chromium``);
 the test never downloads one.  Where there is no Chromium, or it cannot
-start, the test is skipped with the reason.  Cookies ignore the port, so
+start, the test is skipped with the reason, unless LOGONMESH_REQUIRE_BROWSER is
+set (CI sets it, so there the test always runs).  Cookies ignore the port, so
 node1 and node2 on 127.0.0.1 share the session cookie, as they would behind
 one host name.
 """
@@ -30,6 +31,7 @@ from daemon.testing import LocalCluster, Node, eventually
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
 CHROMIUM = os.environ.get("LOGONMESH_CHROMIUM", "/usr/bin/chromium")
+REQUIRED = bool(os.environ.get("LOGONMESH_REQUIRE_BROWSER"))  # .ci/run sets it: in CI a missing browser fails
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-quic",
@@ -48,16 +50,20 @@ document.addEventListener('securitypolicyviolation', e => window.__cspViolations
 
 # ---- the browser, the cluster and what each page did ---------------------------------
 
+def no_browser(reason: str) -> None:
+    (pytest.fail if REQUIRED else pytest.skip)(reason)
+
+
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (install Debian's chromium package, or set LOGONMESH_CHROMIUM)")
+        no_browser(f"no Chromium at {CHROMIUM} (install Debian's chromium package, or set LOGONMESH_CHROMIUM)")
     with sync_api.sync_playwright() as playwright:
         try:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                                  headless=True, timeout=60_000)
         except sync_api.Error as exc:
-            pytest.skip(f"Chromium at {CHROMIUM} cannot start: {str(exc).splitlines()[0]}")
+            no_browser(f"Chromium at {CHROMIUM} cannot start: {str(exc).splitlines()[0]}")
         try:
             yield browser
         finally:
