@@ -35,6 +35,7 @@ from daemon.hlc import physical, wall_ms
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 WireEntry = list                           # [kind, key, hlc, origin, value, expires_ms]
 KINDS = ("u", "s", "t", "b")
+FEED_KINDS = ("s", "b")  # what the web mirrors: sessions (every page) and budget entries (the demo page)
 
 
 def now_ms() -> int:
@@ -68,7 +69,7 @@ def _pack_user(hlc: int, uid: str, password_hash: str) -> bytes | Item:
     About 170 bytes in all, against ~400 for a tuple of an int and two strings.
     An id that is not 32 hex digits (a foreign store) keeps the plain tuple.
     """
-    if len(uid) != 32 or not _is_hex(uid):
+    if not _is_hex(uid):
         return hlc, uid, password_hash, 0
     tail = _HEX_TAIL.match(password_hash)
     packed = b"\0" + tail.group(1).encode() + b"\0" + bytes.fromhex(tail.group(2)) if tail \
@@ -86,8 +87,11 @@ def _unpack_user(blob: bytes) -> Item:
     return hlc, uid, password_hash, 0
 
 
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
 def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
+    return _HEX32.fullmatch(text) is not None
 
 
 def _stored(kind: str, stored: bytes | Item) -> Item:
@@ -111,7 +115,7 @@ class Cache:
         # the keys of each digest leaf, per kind, so a repair reads a leaf without scanning
         self._leaf_keys: dict[str, defaultdict[int, set[str]]] = {kind: defaultdict(set) for kind in KINDS}
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
-        self.session_changes: list[WireEntry] = []      # drained by the daemon into the session feed
+        self.feed_changes: list[WireEntry] = []  # sessions and budget entries, drained into the web's feed
         self._budget_of: defaultdict[str, set[str]] = defaultdict(set)  # username -> budget entry ids
 
     def __len__(self) -> int:
@@ -151,10 +155,10 @@ class Cache:
             table[key] = (hlc, origin, value, expires)
         if expires:
             heapq.heappush(self._expiry, (expires, kind, key))
-        if kind == "s":
-            self.session_changes.append(entry)
-        elif kind == "b":
+        if kind == "b":
             self._index_budget(key, old, value)
+        if kind in FEED_KINDS:
+            self.feed_changes.append(entry)
         return True
 
     def _index_budget(self, key: str, old: Item | None, value: dict | None) -> None:

@@ -148,10 +148,10 @@ class Control:
         reply({"expires": expires})
 
     def op_sessions_snapshot(self, reply: Reply) -> None:
-        """Every live session and tombstone, stamped with the session feed's sequence number."""
+        """Every session, tombstone and budget entry, stamped with the session feed's sequence number."""
         d = self.d
-        d.flush_sessions()  # so the stamp covers everything in the snapshot
-        entries = list(d.cache.entries("s"))
+        d.flush_feed()  # so the stamp covers everything in the snapshot
+        entries = [*d.cache.entries("s"), *d.cache.entries("b")]
         reply({"seq": d.feed.seq, "incarnation": d.feed.codec.incarnation, "entries": entries})
 
     # ---- the demo page's budget entries ---------------------------------------

@@ -255,13 +255,13 @@ class Daemon:
         except Exception:
             self.stats["internal_errors"] += 1
             log.exception("handler failed; the daemon keeps serving")
-        self.flush_sessions()
+        self.flush_feed()
 
-    def flush_sessions(self) -> None:
-        """Whatever the last handler changed in sessions goes to the web's mirror, in one message."""
-        changes = self.cache.session_changes
+    def flush_feed(self) -> None:
+        """Whatever the last handler changed in sessions and budgets goes to the web's mirror, in one message."""
+        changes = self.cache.feed_changes
         if changes:
-            self.cache.session_changes = []
+            self.cache.feed_changes = []
             self.feed.publish(changes)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The web's exact, local mirror of its daemon's sessions.
+"""The web's exact, local mirror of its daemon's sessions (and of the demo page's budget entries).
 
 A protected page must know whether a session token is valid.  Asking the
 daemon costs a round trip per request; this mirror answers from memory and is
@@ -41,6 +41,7 @@ class SessionMirror:
         self._key = wire.wire_key(cookie)
         # token -> (user, uid, expires_ms); user None for a tombstone (a logout)
         self._sessions: dict[str, tuple[str | None, str | None, int]] = {}
+        self._budgets: dict[str, dict[str, dict]] = {}  # username -> entry id -> value
         self._incarnation = 0
         self._seq = 0
         self._heard = 0.0            # monotonic time of the last in-order message
@@ -64,6 +65,19 @@ class SessionMirror:
         if found[0] is None or found[2] <= time.time() * 1000:
             return None
         return {"user": found[0], "uid": found[1], "expires": found[2]}
+
+    def budget(self, username: str) -> Any:
+        """A user's budget entries, oldest first, or UNKNOWN when only the daemon can say."""
+        self._ensure_running()
+        if not self.current():
+            return UNKNOWN
+        entries = [{"id": key, **value} for key, value in self._budgets.get(username, {}).items()]
+        return sorted(entries, key=lambda e: (e["created_at"], e["id"]))
+
+    def budget_added(self, entry: dict) -> None:
+        """This web just added the entry: show it on the next page, before the feed's own message."""
+        value = {k: entry[k] for k in ("user", "label", "cents", "created_at")}
+        self._budgets.setdefault(entry["user"], {})[entry["id"]] = value
 
     def revoked(self, token: str, expires_ms: int) -> None:
         """This web just revoked the token: know it now, before the feed's own message arrives."""
@@ -139,7 +153,7 @@ class SessionMirror:
             log.warning("session feed: no snapshot (%s); asking the daemon per request meanwhile", exc)
             self._trusted = False
             return False
-        self._sessions = {}
+        self._sessions, self._budgets = {}, {}
         self._apply(snap["entries"])
         self._incarnation, self._seq = snap["incarnation"], snap["seq"]
         self._heard = time.monotonic()
@@ -154,8 +168,17 @@ class SessionMirror:
 
     def _apply(self, entries: list) -> None:
         sessions = self._sessions
-        for _kind, token, _hlc, _origin, value, expires in entries:
-            if value is None:
-                sessions[token] = (None, None, expires)
+        for kind, key, _hlc, _origin, value, expires in entries:
+            if kind == "b":
+                self._apply_budget(key, value)
+            elif value is None:
+                sessions[key] = (None, None, expires)
             else:
-                sessions[token] = (value["user"], value["uid"], expires)
+                sessions[key] = (value["user"], value["uid"], expires)
+
+    def _apply_budget(self, key: str, value: dict | None) -> None:
+        if value is None:
+            for entries in self._budgets.values():
+                entries.pop(key, None)
+        else:
+            self._budgets.setdefault(value["user"], {})[key] = value

@@ -12,7 +12,8 @@ from werkzeug.wrappers import Response
 from daemon.client import DaemonError, DaemonUnavailable
 from web import present
 from web.forms import BudgetEntryForm, LogoutForm
-from web.node import daemon, node_name
+from web.mirror import UNKNOWN
+from web.node import daemon, mirror, node_name
 from web.sessions import current_session, remember_return_path, requested_path
 
 bp = Blueprint("pages", __name__)
@@ -74,14 +75,19 @@ def budget_add() -> Response:
             return _budget_page(username, form, error=message, status=status)
         getattr(form, where).errors = [message]
         return _budget_page(username, form, status=status)
+    mirror().budget_added(added)
     flash(f"Added \u201c{added['label']}\u201d, {present.money(added['cents'])}.")
     return redirect(url_for("pages.budget"), 303)
 
 
 def _budget_page(username: str, entry_form: BudgetEntryForm, error: str | None = None,
                  status: int = 200) -> Response:
-    """One budget_list round trip: the entries and their total, as this node's daemon has them."""
-    listed = daemon().call("budget_list", username=username)
+    """The entries and their total, from the mirror when it is current, else one budget_list round trip."""
+    entries = mirror().budget(username)
+    if entries is UNKNOWN:
+        listed = daemon().call("budget_list", username=username)
+    else:
+        listed = {"entries": entries, "total_cents": sum(e["cents"] for e in entries)}
     page = render_template("budget.html", username=username, node=node_name(), form=LogoutForm(),
                            entry_form=entry_form, error=error, entries=present.budget_rows(listed["entries"]),
                            total=present.money(listed["total_cents"]),
