@@ -97,7 +97,8 @@ def redis_app(headers: dict[str, str]) -> Flask:
     import redis
     from flask import session
     from flask_wtf.csrf import CSRFProtect
-    from web.forms import LogoutForm
+    from web import present
+    from web.forms import BudgetEntryForm, LogoutForm
 
     app = Flask(__name__, template_folder=os.path.join(WEB_DIR, "templates"),
                 static_folder=os.path.join(WEB_DIR, "static"))
@@ -115,7 +116,10 @@ def redis_app(headers: dict[str, str]) -> Flask:
         user = session.get("user")
         if user is None:
             return redirect(url_for("auth.login"))
-        page = render_template("budget.html", username=user, node="bench", form=LogoutForm())
+        # the same template with the same variables as the real page (the bench user has no entries)
+        page = render_template("budget.html", username=user, node="bench", form=LogoutForm(),
+                               entry_form=BudgetEntryForm(), error=None, entries=[],
+                               total=present.money(0), total_negative=False)
         response = Response(page, mimetype="text/html")
         for name, value in headers.items():
             response.headers[name] = value
@@ -134,7 +138,17 @@ class AskTheDaemon:
         from web.mirror import UNKNOWN
         return UNKNOWN
 
+    def budget(self, username: str):
+        from web.mirror import UNKNOWN
+        return UNKNOWN
+
+    def budget_added(self, entry: dict) -> None:
+        pass
+
     def revoked(self, token: str, expires_ms: int) -> None:
+        pass
+
+    def start(self) -> None:
         pass
 
     def close(self) -> None:
