@@ -217,12 +217,27 @@ class Cache:
                 yield [k, key, *_expand(k, key, item)]
 
     def in_leaves(self, leaves: Iterable[int]) -> Iterator[WireEntry]:
-        """The entries of some digest leaves: what a repair compares, without scanning the cache."""
+        """The entries of some digest leaves, full values included."""
+        for kind, key, _, _ in self.versions_in(leaves):
+            yield self.entry(kind, key)
+
+    def versions_in(self, leaves: Iterable[int]) -> Iterator[tuple[str, str, int, str]]:
+        """(kind, key, hlc, origin) of every entry of some leaves: what a repair hashes, without the values."""
         for leaf in leaves:
             for kind in KINDS:
                 table = self.kinds[kind]
                 for key in self._leaf_keys[kind].get(leaf, ()):
-                    yield [kind, key, *_expand(kind, key, table[key])]
+                    stored = table[key]
+                    if isinstance(stored, bytes):
+                        yield kind, key, int.from_bytes(stored[:8], "big"), stored[8:24].hex()
+                    else:
+                        yield kind, key, stored[0], stored[1]
+
+    def entry(self, kind: str, key: str) -> WireEntry:
+        return [kind, key, *_expand(kind, key, self.kinds[kind][key])]
+
+    def leaf_size(self, leaf: int) -> int:
+        return sum(len(keys.get(leaf, ())) for keys in self._leaf_keys.values())
 
     def counts(self) -> dict[str, int]:
         sessions = self.kinds["s"].values()

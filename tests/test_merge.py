@@ -236,6 +236,7 @@ def test_digest_tree_is_consistent(entries):
     assert acc == d.root_int and d.root == acc.to_bytes(16, "little")
     # the leaf index knows exactly the cache's keys, each in its own bucket
     assert sorted(map(tuple, cache.in_leaves(range(LEAVES)))) == sorted(map(tuple, cache.entries()))
+    assert sorted(cache.versions_in(range(LEAVES))) == sorted(tuple(e[:4]) for e in cache.entries())
     for kind, key, *_ in cache.entries():
         assert [kind, key] in [e[:2] for e in cache.in_leaves([bucket_of(kind, key)])]
 
