@@ -115,6 +115,8 @@ class Daemon:
     def start(self) -> None:
         """Take the name, load users, bind, announce.  A failure leaves no socket file behind."""
         s = self.settings
+        for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop while booting still leaves cleanly
+            signal.signal(sig, lambda *_: setattr(self, "_stopping", True))
         ensure_run_dir(s)
         self._take_lock()
         try:
@@ -217,8 +219,6 @@ class Daemon:
         os.set_blocking(wfd, False)
         os.set_blocking(rfd, False)
         signal.set_wakeup_fd(wfd)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: setattr(self, "_stopping", True))
         poller = zmq.Poller()
         handlers: dict = {
             self.bus.sub: self._on_bus, self.router: self._on_peer_request,

@@ -508,3 +508,36 @@ def test_registration_on_a_resolves_on_b_latency(pair):
 
     print(f"\nregister on A -> visible on B, 300 users: {describe(total)}"
           f"\n  of which after A's reply (bus + B's merge + one B lookup): {describe(after_reply)}")
+
+
+def test_a_stop_while_booting_still_leaves_cleanly(tmp_path) -> None:
+    """SIGTERM as soon as the daemon holds its name (the lock file), while it is still loading users."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from daemon.store import open_db
+
+    with LocalCluster() as cluster:
+        open_db(cluster.db).conn.close()
+        with sqlite3.connect(cluster.db) as conn:  # enough users that loading them takes a while
+            conn.executemany("insert into users (id, username, password_hash, created_at) values (?,?,?,?)",
+                             ((uuid.uuid4().hex, f"boot{i}", "h", "2026-01-01T00:00:00.000+00:00")
+                              for i in range(50_000)))
+        env = dict(cluster.env, LOGONMESH_NODE="early")
+        lock = os.path.join(cluster.run_dir, "early.lock")
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "daemon"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            eventually(lambda: os.path.exists(lock), timeout=20, interval=0.001)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, proc.stdout.read().decode()[-2000:]
+        finally:
+            proc.kill()
+            proc.wait()
+        assert not os.path.exists(os.path.join(cluster.run_dir, "early.ipc"))
+        rows = sqlite3.connect(cluster.db).execute("select id from clusters where id = 'early'").fetchall()
+        assert rows == []
