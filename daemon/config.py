@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -151,33 +151,39 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
 
+def _default(name: str) -> Any:
+    return OPTIONS_BY_NAME[name].default
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Validated settings.  Paths are absolute so that children and tools agree."""
+    """Validated settings.  Paths are absolute so that children and tools agree.
 
-    name: str | None = None
-    db: str = "var/cluster.db"
-    cookie: str | None = None
-    run_dir: str = "var/run"
-    bind: str = "127.0.0.1"
-    advertise: str | None = None
-    bus_port: int = 0
-    peer_port: int = 0
-    heartbeat_ms: int = 1000
-    down_after: int = 3
-    discovery_ms: int = 2000
-    session_ttl_s: int = 86400
-    max_msg_bytes: int = 64 * 2**20
-    session_idle_s: int = 3600
-    throttle_user: int = 10
-    throttle_addr: int = 50
-    throttle_window_s: int = 60
-    secure_cookies: bool = False
-    curve: bool = False
-    trace: bool = False
-    host: str = "127.0.0.1"
-    port: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    The defaults are OPTIONS' own, so a setting's default is written once.
+    """
+
+    name: str | None = _default("name")
+    db: str = _default("db")
+    cookie: str | None = _default("cookie")
+    run_dir: str = _default("run_dir")
+    bind: str = _default("bind")
+    advertise: str | None = _default("advertise")
+    bus_port: int = _default("bus_port")
+    peer_port: int = _default("peer_port")
+    heartbeat_ms: int = _default("heartbeat_ms")
+    down_after: int = _default("down_after")
+    discovery_ms: int = _default("discovery_ms")
+    session_ttl_s: int = _default("session_ttl_s")
+    max_msg_bytes: int = _default("max_msg_bytes")
+    session_idle_s: int = _default("session_idle_s")
+    throttle_user: int = _default("throttle_user")
+    throttle_addr: int = _default("throttle_addr")
+    throttle_window_s: int = _default("throttle_window_s")
+    secure_cookies: bool = _default("secure_cookies")
+    curve: bool = _default("curve")
+    trace: bool = _default("trace")
+    host: str = _default("host")
+    port: int | None = _default("port")
 
     @property
     def ipc_path(self) -> str:

@@ -230,3 +230,12 @@ def test_cookie_file_and_run_dir_made_by_real_daemons(short_dir):
             p.terminate()
         codes = [p.wait(10) for p in procs]
     assert codes == [0, 0], [p.stderr.read() for p in procs]
+
+
+def test_every_option_is_a_setting_with_the_option_s_default() -> None:
+    """One definition: a new option that Settings lacks would be parsed and then silently dropped."""
+    from dataclasses import fields as dataclass_fields
+
+    from daemon.config import OPTIONS, Settings
+    assert {f.name for f in dataclass_fields(Settings)} == {o.name for o in OPTIONS}
+    assert all(getattr(Settings(), o.name) == o.default for o in OPTIONS)
