@@ -108,6 +108,12 @@ def _expand(kind: str, key: str, stored: bytes | Item) -> Item:
     return hlc, origin, value, expires
 
 
+def expand_users(stored: list[tuple[str, bytes | Item]]) -> list[dict]:
+    """Full user records from ``Cache.stored_users`` (pure: safe on another thread)."""
+    users = (_expand("u", key, item)[2] for key, item in stored)
+    return [user for user in users if user is not None]
+
+
 class Cache:
     def __init__(self) -> None:
         self.kinds: dict[str, dict[str, Item]] = {kind: {} for kind in KINDS}
@@ -232,6 +238,10 @@ class Cache:
                         yield kind, key, int.from_bytes(stored[:8], "big"), stored[8:24].hex()
                     else:
                         yield kind, key, stored[0], stored[1]
+
+    def stored_users(self) -> list[tuple[str, bytes | Item]]:
+        """A copy of the users table as stored: cheap on the loop, expanded elsewhere by ``expand_users``."""
+        return list(self.kinds["u"].items())
 
     def entry(self, kind: str, key: str) -> WireEntry:
         return [kind, key, *_expand(kind, key, self.kinds[kind][key])]

@@ -22,7 +22,7 @@ import zmq
 
 from daemon import wire
 from daemon.bus import Bus, advertised
-from daemon.cache import Cache, now_ms, user_entry
+from daemon.cache import Cache, expand_users, now_ms, user_entry
 from daemon.control import Control
 from daemon.curve import Curve
 from daemon.guard import Refusals, ReplayWindow
@@ -337,12 +337,13 @@ class Daemon:
         to run from every node at once.
         """
         row = self._row()
-        # only a networked store can forget; a SQLite file's missing row just means it was pruned
-        users = [e[4] for e in self.cache.entries("u") if e[4] is not None] if is_url(self.settings.db) else []
+        # only a networked store can forget; a SQLite file's missing row just means it was pruned.
+        # The loop only copies the table (C speed); the worker rebuilds the records.
+        stored = self.cache.stored_users() if is_url(self.settings.db) else []
 
         def job(res: Resources) -> int:
             res.registry.announce(row)
-            return res.users.restore(users)
+            return res.users.restore(expand_users(stored))
 
         def done(restored: int | None, error: BaseException | None) -> None:
             if error is not None:
