@@ -3,7 +3,7 @@
     python -m bench [--quick] [--no-1m] [--no-profile] [--only 1,2,...]
     bench/run [same options]
 
-Starts real clusters (``daemon.testing.LocalCluster``), shows a progress bar,
+Starts real clusters (``logonmesh.testing.LocalCluster``), shows a progress bar,
 prints a markdown table and writes it to bench/results/latest.md, the raw
 samples to bench/results/latest.json and the propagation latency CDF to
 bench/results/propagation_cdf.png.  ``--quick`` is a smoke run of under a
@@ -278,7 +278,7 @@ def fig_profiles(cfg: dict, tick) -> dict:
 
 def _profile_page(profile) -> dict:
     from bench import pages
-    from daemon.testing import Browser, LocalCluster
+    from logonmesh.testing import Browser, LocalCluster
     with LocalCluster(heartbeat_ms=1000, discovery_ms=2000, ready_timeout=60) as cluster:
         node, _ = cluster.start_nodes("w", 2, web=True)
         browser = Browser(node.url)
@@ -296,7 +296,7 @@ def _profile_page(profile) -> dict:
 
 def _profile_propagation(profile, cfg: dict) -> dict:
     from bench.propagation import paced_register
-    from daemon.testing import LocalCluster
+    from logonmesh.testing import LocalCluster
     with LocalCluster(heartbeat_ms=1000, discovery_ms=2000, ready_timeout=60) as cluster:
         a, b = cluster.start_nodes("p", 2, web=False)
         tmp = tempfile.mkdtemp(prefix="lm-spy-")

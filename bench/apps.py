@@ -31,7 +31,7 @@ from waitress.server import create_server
 from werkzeug.datastructures import CallbackDict
 from werkzeug.wrappers import Response
 
-from web.serve import THREADS
+from logonmesh.web.serve import THREADS
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -97,8 +97,8 @@ def redis_app(headers: dict[str, str]) -> Flask:
     import redis
     from flask import session
     from flask_wtf.csrf import CSRFProtect
-    from web import present
-    from web.forms import BudgetEntryForm, LogoutForm
+    from logonmesh.web import present
+    from logonmesh.web.forms import BudgetEntryForm, LogoutForm
 
     app = Flask(__name__, template_folder=os.path.join(WEB_DIR, "templates"),
                 static_folder=os.path.join(WEB_DIR, "static"))
@@ -135,11 +135,11 @@ class AskTheDaemon:
     """A stand-in for web.mirror.SessionMirror that never vouches: every lookup goes to the daemon."""
 
     def lookup(self, token: str):
-        from web.mirror import UNKNOWN
+        from logonmesh.web.mirror import UNKNOWN
         return UNKNOWN
 
     def budget(self, username: str):
-        from web.mirror import UNKNOWN
+        from logonmesh.web.mirror import UNKNOWN
         return UNKNOWN
 
     def budget_added(self, entry: dict) -> None:
@@ -156,8 +156,8 @@ class AskTheDaemon:
 
 
 def roundtrip_app() -> Flask:
-    from daemon import config
-    from web import create_app
+    from logonmesh.daemon import config
+    from logonmesh.web import create_app
     app = create_app(config.load(require_name=True))
     app.extensions["logonmesh.mirror"].close()
     app.extensions["logonmesh.mirror"] = AskTheDaemon()

@@ -17,8 +17,8 @@ import sys
 import time
 
 from bench.common import RESULTS, seed_users
-from daemon.client import DaemonUnavailable
-from daemon.testing import LocalCluster
+from logonmesh.daemon.client import DaemonUnavailable
+from logonmesh.testing import LocalCluster
 
 
 def template(n: int) -> str:
@@ -45,7 +45,7 @@ def boot_once(n: int) -> dict:
         if n:
             shutil.copy(template(n), cluster.db)
         else:
-            from daemon.store import open_db
+            from logonmesh.daemon.store import open_db
             open_db(cluster.db).conn.close()
         t0 = time.perf_counter()
         (node,) = cluster.start_nodes("b", 1, web=False, wait=False)

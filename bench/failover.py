@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.testing import LocalCluster, Node, eventually
 
 SESSIONS = 1000
 HEARTBEAT_MS, DOWN_AFTER = 1000, 3

@@ -20,7 +20,7 @@ import shutil
 import time
 
 from bench.common import RESULTS, machine, median, seed_users, snapshot
-from daemon.testing import LocalCluster, eventually
+from logonmesh.testing import LocalCluster, eventually
 
 REPAIR_KEYS = ("repair_bytes_in", "repair_bytes_out", "repair_msgs_in", "repair_msgs_out")
 

@@ -28,7 +28,7 @@ import requests
 
 from bench.apps import REDIS_COOKIE, seed_redis_session
 from bench.common import pct
-from daemon.testing import Browser, LocalCluster, eventually, free_port
+from logonmesh.testing import Browser, LocalCluster, eventually, free_port
 
 WRK_THREADS, CONNECTIONS = 2, 16
 SKIP_HEADERS = {"content-length", "date", "server", "set-cookie", "vary", "connection", "content-type"}

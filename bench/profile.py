@@ -96,8 +96,8 @@ def boot_profile(n: int, template: str) -> str:
     """pyinstrument around Daemon.start() on a copy of a database of n users, as text."""
     from pyinstrument import Profiler
 
-    from daemon import config
-    from daemon.node import Daemon
+    from logonmesh.daemon import config
+    from logonmesh.daemon.node import Daemon
     tmp = tempfile.mkdtemp(prefix="lm-prof-", dir="/tmp")
     try:
         db = os.path.join(tmp, "cluster.db")

@@ -23,9 +23,9 @@ import zmq
 
 from bench.common import FAKE_HASH
 from bench.hops import pace
-from daemon import wire
-from daemon.cache import user_entry
-from daemon.testing import LocalCluster, eventually
+from logonmesh.daemon import wire
+from logonmesh.daemon.cache import user_entry
+from logonmesh.testing import LocalCluster, eventually
 
 
 def merge_frame_size(cookie: bytes = b"c" * 48, name: str = "p1") -> int:

@@ -21,8 +21,8 @@ import uuid
 from datetime import datetime, timezone
 
 from bench.common import FAKE_HASH
-from daemon.client import DaemonError
-from daemon.testing import LocalCluster, eventually
+from logonmesh.daemon.client import DaemonError
+from logonmesh.testing import LocalCluster, eventually
 
 CLIENTS_PER_NODE = 2
 
@@ -65,7 +65,7 @@ def cluster_rate(seconds: float, progress=None) -> dict:
 
 
 def _insert_for(path: str, tag: str, seconds: float) -> int:
-    from daemon.store import UserStore, with_retry
+    from logonmesh.daemon.store import UserStore, with_retry
     store = UserStore(path)
     try:
         n = 0
@@ -86,7 +86,7 @@ def insert_rate(seconds: float, writers: int = 2) -> dict:
     """The baseline: bare inserts of the same rows through the same store class into one shared file,
     from as many processes as the cluster has writers (one worker thread per daemon)."""
     import multiprocessing
-    from daemon.store import open_db
+    from logonmesh.daemon.store import open_db
     tmp = tempfile.mkdtemp(prefix="lm-ins-")
     path = os.path.join(tmp, "cluster.db")
     open_db(path).conn.close()

@@ -24,7 +24,7 @@ import time
 import uuid
 
 from bench.common import RESULTS, machine
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.testing import LocalCluster, Node, eventually
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

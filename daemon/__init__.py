@@ -1,6 +1,6 @@
-"""logonmesh's daemon: a ZeroMQ peer that replicates users and sessions to the other nodes.
+"""logonmesh's daemon (``logonmesh.daemon``): a ZeroMQ peer that replicates users and sessions to the other nodes.
 
-Public surface for other processes: ``daemon.config`` (settings),
-``daemon.client`` (the ipc client), ``daemon.wire`` (the wire format) and
-``daemon.testing`` (the multi-node test harness).  The rest is internal.
+Other processes reach it only through ``logonmesh.daemon.client`` (the ipc
+client); the wire format is ``logonmesh.daemon.wire`` and the settings
+``logonmesh.daemon.config``.  Everything here is internal to logonmesh.
 """

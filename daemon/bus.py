@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zmq
 
-from daemon.curve import Curve
+from logonmesh.daemon.curve import Curve
 
 BUS_HWM = 100_000  # a burst of merges should queue, not silently vanish at the default 1000
 

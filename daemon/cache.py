@@ -29,8 +29,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
-from daemon.digest import Digest, bucket_of, entry_hash
-from daemon.hlc import physical, wall_ms
+from logonmesh.daemon.digest import Digest, bucket_of, entry_hash
+from logonmesh.daemon.hlc import physical, wall_ms
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 WireEntry = list                           # [kind, key, hlc, origin, value, expires_ms]

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import click
 
-from daemon import config
-from daemon.commands import CommandGroup
+from logonmesh.daemon import config
+from logonmesh.daemon.commands import CommandGroup
 
 
 def setting_options(*scopes: str) -> Callable:
@@ -67,7 +67,7 @@ def daemon(**values: Any) -> None:
 
     import zmq
 
-    from daemon.node import Daemon, StartupError
+    from logonmesh.daemon.node import Daemon, StartupError
     try:  # Daemon() reads or creates the cookie file, so it belongs inside too
         node = Daemon(settings)
         node.start()
@@ -92,7 +92,7 @@ def web(**values: Any) -> None:
         port = settings.web_port()
     except config.ConfigError as exc:
         fail(str(exc))
-    from web.serve import serve
+    from logonmesh.web.serve import serve
     serve(settings, port)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from daemon import wire
+from logonmesh.daemon import wire
 
 DEFAULT_TIMEOUT_MS = 1000
 

@@ -77,7 +77,7 @@ def _db(raw: str) -> str:
         return raw
     if scheme not in ("redis", "rediss"):
         raise ValueError(f"must be a path, sqlite:///path or redis://host:port/N, got {raw!r}")
-    from discovery.redis import parse_url  # lazy: the CLI's start-up stays free of redis-py
+    from logonmesh.discovery.redis import parse_url  # lazy: the CLI's start-up stays free of redis-py
     parse_url(raw)
     return raw
 
@@ -297,7 +297,7 @@ def ensure_run_dir(settings: Settings) -> None:
 def markdown_table() -> str:
     """The configuration table of the README, made from OPTIONS so the two cannot drift apart.
 
-    ``python -m daemon.config`` prints it; a test checks that the README holds it.
+    ``python -m logonmesh.daemon.config`` prints it; a test checks that the README holds it.
     """
     rows = ["| flag | environment | default | used by | meaning |", "|---|---|---|---|---|"]
     for opt in OPTIONS:

@@ -16,11 +16,11 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from daemon import wire
-from daemon.cache import user_entry
+from logonmesh.daemon import wire
+from logonmesh.daemon.cache import user_entry
 
 if TYPE_CHECKING:
-    from daemon.node import Daemon
+    from logonmesh.daemon.node import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Control:
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
         def inserted(_: None, error: BaseException | None) -> None:
-            from daemon.store import UsernameTaken
+            from logonmesh.daemon.store import UsernameTaken
             if isinstance(error, UsernameTaken):
                 return reply(error="taken")
             if error is not None:

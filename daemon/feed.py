@@ -19,7 +19,7 @@ import os
 
 import zmq
 
-from daemon import wire
+from logonmesh.daemon import wire
 
 FEED_HWM = 100_000
 

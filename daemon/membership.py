@@ -17,8 +17,8 @@ from typing import Iterable
 
 import zmq
 
-from daemon.curve import Curve
-from discovery import NodeRow
+from logonmesh.daemon.curve import Curve
+from logonmesh.discovery import NodeRow
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from daemon import wire
-from daemon.config import IPC_PATH_MAX
+from logonmesh.daemon import wire
+from logonmesh.daemon.config import IPC_PATH_MAX
 
 log = logging.getLogger(__name__)
 

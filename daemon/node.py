@@ -20,22 +20,22 @@ from typing import Callable, Iterator, TypeVar
 
 import zmq
 
-from daemon import wire
-from daemon.bus import Bus, advertised
-from daemon.cache import Cache, expand_users, now_ms, user_entry
-from daemon.control import Control
-from daemon.curve import Curve
-from daemon.guard import Refusals, ReplayWindow
-from daemon.config import WILDCARDS, Settings, ensure_run_dir, is_url, resolve_cookie
-from daemon.hlc import HLC
-from daemon.membership import Membership, Peer, monotonic_ms
-from daemon.feed import SessionFeed, feed_path
-from daemon.monitor import MonitorFeed, open_feed
-from daemon.store import open_users
-from daemon.sync import Repairs
-from daemon.trace import Trace
-from daemon.worker import Worker
-from discovery import NodeRow, open_registry
+from logonmesh.daemon import wire
+from logonmesh.daemon.bus import Bus, advertised
+from logonmesh.daemon.cache import Cache, expand_users, now_ms, user_entry
+from logonmesh.daemon.control import Control
+from logonmesh.daemon.curve import Curve
+from logonmesh.daemon.guard import Refusals, ReplayWindow
+from logonmesh.daemon.config import WILDCARDS, Settings, ensure_run_dir, is_url, resolve_cookie
+from logonmesh.daemon.hlc import HLC
+from logonmesh.daemon.membership import Membership, Peer, monotonic_ms
+from logonmesh.daemon.feed import SessionFeed, feed_path
+from logonmesh.daemon.monitor import MonitorFeed, open_feed
+from logonmesh.daemon.store import open_users
+from logonmesh.daemon.sync import Repairs
+from logonmesh.daemon.trace import Trace
+from logonmesh.daemon.worker import Worker
+from logonmesh.discovery import NodeRow, open_registry
 
 log = logging.getLogger(__name__)
 

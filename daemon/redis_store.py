@@ -19,8 +19,8 @@ from typing import Iterator
 
 import redis
 
-from daemon.store import UsernameTaken, budget_entry, budget_row
-from discovery.redis import RedisLink, glob_escape
+from logonmesh.daemon.store import UsernameTaken, budget_entry, budget_row
+from logonmesh.discovery.redis import RedisLink, glob_escape
 
 log = logging.getLogger(__name__)
 

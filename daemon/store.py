@@ -58,7 +58,7 @@ class Users(Protocol):
 def open_users(url: str) -> Users:
     """The user store named by the --db setting: a path, sqlite:///path, or redis://host:port/N."""
     if url.startswith(("redis://", "rediss://")):
-        from daemon.redis_store import RedisUserStore
+        from logonmesh.daemon.redis_store import RedisUserStore
         return RedisUserStore(url)
     return UserStore(url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url)
 

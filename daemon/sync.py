@@ -31,10 +31,10 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from daemon.cache import Cache
-from daemon.digest import FANOUT, LEAVES, differing, entry_hash, unpack
-from daemon.wire import SHORT_HASH
-from daemon.membership import Peer, monotonic_ms
+from logonmesh.daemon.cache import Cache
+from logonmesh.daemon.digest import FANOUT, LEAVES, differing, entry_hash, unpack
+from logonmesh.daemon.wire import SHORT_HASH
+from logonmesh.daemon.membership import Peer, monotonic_ms
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from daemon.config import NAME_RE
+from logonmesh.daemon.config import NAME_RE
 
 VERSION = 1
 MAC_SIZE = 32

@@ -50,8 +50,8 @@ def open_registry(url: str, row_ttl_ms: int | None = None) -> Registry:
     unless a heartbeat refreshes it; SQLite keeps rows until ``prune``.
     """
     if url.startswith(("redis://", "rediss://")):
-        from discovery.redis import RedisRegistry
+        from logonmesh.discovery.redis import RedisRegistry
         return RedisRegistry(url, row_ttl_ms)
-    from discovery.sqlite import SqliteRegistry
+    from logonmesh.discovery.sqlite import SqliteRegistry
     path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url
     return SqliteRegistry(path)

@@ -34,9 +34,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from daemon.config import NAME_RE
-from daemon.store import StoreUnavailable
-from discovery import NodeRow
+from logonmesh.daemon.config import NAME_RE
+from logonmesh.daemon.store import StoreUnavailable
+from logonmesh.discovery import NodeRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

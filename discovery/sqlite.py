@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from daemon.store import open_db, with_retry
-from discovery import NodeRow
+from logonmesh.daemon.store import open_db, with_retry
+from logonmesh.discovery import NodeRow
 
 RETRY_S = 3.0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from daemon.testing import LocalCluster, eventually
+from logonmesh.testing import LocalCluster, eventually
 
 ROW = {"id": "ab" * 16, "username": "orphan", "password_hash": "h",
        "created_at": "2026-01-01T00:00:00.000+00:00", "node": "o3"}

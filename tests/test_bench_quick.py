@@ -37,7 +37,7 @@ def test_quick_bench_writes_table_json_and_cdf(tmp_path):
 
 
 def test_trace_is_refused_when_off(local_cluster):
-    from daemon.client import DaemonError
+    from logonmesh.daemon.client import DaemonError
     (node,) = local_cluster.start_nodes("t", 1, web=False)
     with pytest.raises(DaemonError, match="tracing is off"):
         node.call("trace")

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.testing import LocalCluster, Node, eventually
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 

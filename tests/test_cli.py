@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from daemon.testing import LocalCluster, eventually
+from logonmesh.testing import LocalCluster, eventually
 
 EXE = shutil.which("logonmesh", path=os.path.dirname(sys.executable)) or shutil.which("logonmesh")
 SECRET_HASH = "scrypt:32768:8:1$do-not-print-me"

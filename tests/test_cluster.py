@@ -1,4 +1,4 @@
-"""The cluster under faults, on the harness of ``daemon.testing`` (issue 4).
+"""The cluster under faults, on the harness of `logonmesh.testing` (issue 4).
 
 Every test starts real nodes (a daemon and a waitress web process each),
 cuts or hurts them with the harness, and then waits, with a deadline, for the
@@ -31,8 +31,8 @@ from typing import Iterator, Sequence
 import pytest
 from werkzeug.security import generate_password_hash
 
-from daemon import testing
-from daemon.testing import Browser, LocalCluster, Node, eventually
+from logonmesh.daemon import testing
+from logonmesh.testing import Browser, LocalCluster, Node, eventually
 
 pytest_plugins = ["pytester"]
 
@@ -546,7 +546,7 @@ def _alive(pid: int) -> bool:
 
 
 def _node_children() -> list[tuple[int, str]]:
-    """Node processes (``python -m daemon …``) whose parent is this test process."""
+    """Node processes (``python -m logonmesh …``) whose parent is this test process."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -558,7 +558,7 @@ def _node_children() -> list[tuple[int, str]]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == os.getpid() and "-m daemon" in cmd and _alive(int(entry)):
+        if ppid == os.getpid() and "-m logonmesh" in cmd and _alive(int(entry)):
             found.append((int(entry), cmd))
     return found
 
@@ -677,7 +677,7 @@ def test_failure_and_timeouts_under_pytest_leave_nothing_and_show_logs(pytester:
 
 CTRL_C_SCRIPT = """
     import json, sys, threading
-    from daemon.testing import LocalCluster
+    from logonmesh.testing import LocalCluster
     with LocalCluster() as cluster:
         cluster.start_nodes("i", 2)
         pids = [pid for node in cluster.nodes for pid in node.pids]

@@ -2,7 +2,7 @@
 
 A bad value must stop the daemon with exactly one line on stderr that names
 the flag or the environment variable, exit code 2 and no traceback.  The
-subprocess tests run the real ``python -m daemon daemon``.
+subprocess tests run the real ``python -m logonmesh daemon``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import tempfile
 
 import pytest
 
-from daemon import config
-from daemon.client import DaemonClient
-from daemon.config import IPC_PATH_MAX, ConfigError
-from daemon.testing import eventually
+from logonmesh.daemon import config
+from logonmesh.daemon.client import DaemonClient
+from logonmesh.daemon.config import IPC_PATH_MAX, ConfigError
+from logonmesh.testing import eventually
 
 # ---- in process ------------------------------------------------------------------
 
@@ -141,7 +141,7 @@ def base_env(short_dir: str, **extra: str) -> dict[str, str]:
 
 
 def run_daemon(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon", "daemon", *argv], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "logonmesh", "daemon", *argv], env=env, capture_output=True,
                           text=True, timeout=20, stdin=subprocess.DEVNULL)
 
 
@@ -199,7 +199,7 @@ def test_unusable_resources_are_one_line_and_exit_1(short_dir, what):
 
 
 def start_daemon(name: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "daemon", "daemon", "--name", name], env=env,
+    return subprocess.Popen([sys.executable, "-m", "logonmesh", "daemon", "--name", name], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
@@ -236,6 +236,6 @@ def test_every_option_is_a_setting_with_the_option_s_default() -> None:
     """One definition: a new option that Settings lacks would be parsed and then silently dropped."""
     from dataclasses import fields as dataclass_fields
 
-    from daemon.config import OPTIONS, Settings
+    from logonmesh.daemon.config import OPTIONS, Settings
     assert {f.name for f in dataclass_fields(Settings)} == {o.name for o in OPTIONS}
     assert all(getattr(Settings(), o.name) == o.default for o in OPTIONS)

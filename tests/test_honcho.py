@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from daemon.testing import eventually
+from logonmesh.testing import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = ("node1_daemon", "node1_web", "node2_daemon", "node2_web")

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import wire
-from daemon.cache import Cache, created_text, user_entry
-from daemon.digest import LEAVES, bucket_of
-from daemon.hlc import COUNTER_BITS, HLC, physical, wall_ms
-from daemon.membership import Peer
-from daemon.sync import Repairs
+from logonmesh.daemon import wire
+from logonmesh.daemon.cache import Cache, created_text, user_entry
+from logonmesh.daemon.digest import LEAVES, bucket_of
+from logonmesh.daemon.hlc import COUNTER_BITS, HLC, physical, wall_ms
+from logonmesh.daemon.membership import Peer
+from logonmesh.daemon.sync import Repairs
 
 NOW = 1_700_000_000_000
 TTL = 60_000

@@ -1,8 +1,8 @@
 """The mesh with real daemons: discovery, liveness, replication, restart, repair and bad input.
 
-Every test runs real ``python -m daemon daemon`` processes (no web) on real
+Every test runs real ``python -m logonmesh daemon`` processes (no web) on real
 sockets and one real SQLite file in a temporary directory, through the
-harness in daemon/testing.py.  Nothing sleeps and hopes: every wait is
+harness in logonmesh/testing.py.  Nothing sleeps and hopes: every wait is
 ``eventually`` with a deadline.  Heartbeats are 100 ms, so a peer is down after
 300 ms of silence and its registry row is deleted after 3 s.
 """
@@ -23,9 +23,9 @@ import pytest
 import sqlite_utils
 import zmq
 
-from daemon import wire
-from daemon.client import DaemonError
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.daemon import wire
+from logonmesh.daemon.client import DaemonError
+from logonmesh.testing import LocalCluster, Node, eventually
 
 REPLICATION_DEADLINE = 2.0
 
@@ -90,7 +90,7 @@ def sees_exactly(node: Node, names: list[str]) -> None:
 
 def run_daemon_cli(cluster: LocalCluster, name: str) -> subprocess.CompletedProcess:
     env = dict(cluster.env, LOGONMESH_NODE=name)
-    return subprocess.run([sys.executable, "-m", "daemon", "daemon"], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "logonmesh", "daemon"], env=env, capture_output=True, text=True,
                           timeout=20, stdin=subprocess.DEVNULL)
 
 
@@ -519,7 +519,7 @@ def test_a_stop_while_booting_still_leaves_cleanly(tmp_path) -> None:
     import time
     import uuid
 
-    from daemon.store import open_db
+    from logonmesh.daemon.store import open_db
 
     with LocalCluster() as cluster:
         open_db(cluster.db).conn.close()
@@ -529,7 +529,7 @@ def test_a_stop_while_booting_still_leaves_cleanly(tmp_path) -> None:
                               for i in range(50_000)))
         env = dict(cluster.env, LOGONMESH_NODE="early")
         lock = os.path.join(cluster.run_dir, "early.lock")
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "daemon"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "logonmesh", "daemon"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             eventually(lambda: os.path.exists(lock), timeout=20, interval=0.001)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from daemon.testing import Browser, LocalCluster, Node, eventually
+from logonmesh.testing import Browser, LocalCluster, Node, eventually
 
 PASSWORD = "correct horse battery"
 

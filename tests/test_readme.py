@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from daemon.config import markdown_table
-from daemon.testing import LocalCluster
+from logonmesh.daemon.config import markdown_table
+from logonmesh.testing import LocalCluster
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -14,7 +14,7 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 def test_the_configuration_table_is_the_one_the_code_defines() -> None:
     table = re.search(r"<!-- config-table -->\n(.*?)\n<!-- /config-table -->", README, re.S)
     assert table, "README lost its config-table markers"
-    assert table.group(1) == markdown_table(), "run: python -m daemon.config, and paste it into the README"
+    assert table.group(1) == markdown_table(), "run: python -m logonmesh.daemon.config, and paste it into the README"
 
 
 def test_the_first_screen_has_the_two_commands() -> None:

@@ -19,11 +19,11 @@ from typing import Iterator
 import pytest
 import redis
 
-from daemon import config
-from daemon.store import StoreUnavailable, UsernameTaken, open_users
-from daemon.testing import Browser, LocalCluster, eventually, free_port
-from discovery import NodeRow, open_registry
-from discovery.redis import RedisRegistry, parse_url
+from logonmesh.daemon import config
+from logonmesh.daemon.store import StoreUnavailable, UsernameTaken, open_users
+from logonmesh.testing import Browser, LocalCluster, eventually, free_port
+from logonmesh.discovery import NodeRow, open_registry
+from logonmesh.discovery.redis import RedisRegistry, parse_url
 
 REDIS = "redis://127.0.0.1:6379/0"
 PASSWORD = "correct horse battery"
@@ -226,7 +226,7 @@ def test_registration_is_unique_under_concurrency(url: str) -> None:
 
 
 def test_boot_loads_every_user_in_pages(url: str) -> None:
-    from daemon.redis_store import RedisUserStore
+    from logonmesh.daemon.redis_store import RedisUserStore
     store = RedisUserStore(url, page=100)
     try:
         expected = {f"user{i}": user(f"user{i}", i) for i in range(2500)}
@@ -269,7 +269,7 @@ def test_unreachable_redis_is_one_clear_error() -> None:
 
 
 def test_daemon_refuses_to_start_without_redis(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "daemon", "daemon", "--name", "a", "--db", "redis://127.0.0.1:1/0",
+    proc = subprocess.run([sys.executable, "-m", "logonmesh", "daemon", "--name", "a", "--db", "redis://127.0.0.1:1/0",
                            "--cookie", "x", "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=20)
     assert proc.returncode == 1

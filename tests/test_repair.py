@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 
-from daemon.digest import LEAVES, bucket_of
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.daemon.digest import LEAVES, bucket_of
+from logonmesh.testing import LocalCluster, Node, eventually
 
 
 def names_in_leaves(leaves: int, per_leaf: int = 1, prefix: str = "x") -> list[str]:

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from daemon.client import DaemonUnavailable
-from daemon.testing import Browser, LocalCluster, Node, eventually
-from web.link import DaemonLink
-from web.sessions import is_local_path
+from logonmesh.daemon.client import DaemonUnavailable
+from logonmesh.testing import Browser, LocalCluster, Node, eventually
+from logonmesh.web.link import DaemonLink
+from logonmesh.web.sessions import is_local_path
 
 PASSWORD = "correct horse battery"
 DOWN_DEADLINE_S = 2.0
@@ -351,8 +351,8 @@ def test_a_refused_budget_entry_shows_its_error_beside_the_field(
 
 
 def test_amounts_are_read_as_people_write_them() -> None:
-    from web.forms import parse_cents
-    from web.present import money
+    from logonmesh.web.forms import parse_cents
+    from logonmesh.web.present import money
     cases = {"12.50": 1250, "-3": -300, "+0,5": 50, "\u22127.05": -705, "9999999999.99": 999999999999,
              "1.": None, ".5": None, "1,000": None, "12.345": None, "--1": None, " 1": None}
     assert {text: parse_cents(text) for text in cases} == cases

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import control, wire
-from daemon.wire import MAC_SIZE, SCHEMA, VALUE_SCHEMA, Codec, WireError, check_entry, decode, wire_key
+from logonmesh.daemon import control, wire
+from logonmesh.daemon.wire import MAC_SIZE, SCHEMA, VALUE_SCHEMA, Codec, WireError, check_entry, decode, wire_key
 
 COOKIE = b"a cluster cookie"
 KEY = wire_key(COOKIE)

@@ -14,12 +14,12 @@ import hmac
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from daemon.client import DaemonClient
-from daemon.config import Settings, resolve_cookie
-from web import security
-from daemon.feed import feed_path
-from web.link import DaemonLink
-from web.mirror import SessionMirror
+from logonmesh.daemon.client import DaemonClient
+from logonmesh.daemon.config import Settings, resolve_cookie
+from logonmesh.web import security
+from logonmesh.daemon.feed import feed_path
+from logonmesh.web.link import DaemonLink
+from logonmesh.web.mirror import SessionMirror
 
 MAX_BODY_BYTES = 64 * 1024
 DAEMON_TIMEOUT_MS = 1000  # one slow daemon call must leave room for a 503 within 2 s
@@ -70,7 +70,7 @@ def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
 
 def _register(app: Flask) -> None:
     """Blueprints are imported here so that importing `web` alone stays cheap."""
-    from web import auth, errors, pages
+    from logonmesh.web import auth, errors, pages
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     errors.register(app)

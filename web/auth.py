@@ -12,11 +12,11 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 
-from daemon.client import DaemonError
-from web import throttle
-from web.forms import LoginForm, SignupForm
-from web.node import daemon
-from web.sessions import end_session, pop_return_path, remember_return_path, start_session
+from logonmesh.daemon.client import DaemonError
+from logonmesh.web import throttle
+from logonmesh.web.forms import LoginForm, SignupForm
+from logonmesh.web.node import daemon
+from logonmesh.web.sessions import end_session, pop_return_path, remember_return_path, start_session
 
 bp = Blueprint("auth", __name__)
 

@@ -8,8 +8,8 @@ from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, TooManyRequests
 
-from daemon.client import DaemonError, DaemonUnavailable
-from web.node import node_name
+from logonmesh.daemon.client import DaemonError, DaemonUnavailable
+from logonmesh.web.node import node_name
 
 log = logging.getLogger(__name__)
 

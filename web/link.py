@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from daemon.client import DaemonClient, DaemonUnavailable
+from logonmesh.daemon.client import DaemonClient, DaemonUnavailable
 
 SILENT_FOR_S = 1.0   # how long to answer 503 at once after a timeout
 SLOW_CALL_S = 0.25   # a DaemonUnavailable that took this long was a timeout, not a missing socket

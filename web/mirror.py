@@ -21,8 +21,8 @@ from typing import Any
 
 import zmq
 
-from daemon import wire
-from daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+from logonmesh.daemon import wire
+from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import current_app
 
-from web.link import DaemonLink
-from web.mirror import SessionMirror
+from logonmesh.web.link import DaemonLink
+from logonmesh.web.mirror import SessionMirror
 
 
 def daemon() -> DaemonLink:

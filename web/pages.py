@@ -9,12 +9,12 @@ from typing import Any
 from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
-from daemon.client import DaemonError, DaemonUnavailable
-from web import present
-from web.forms import BudgetEntryForm, LogoutForm
-from web.mirror import UNKNOWN
-from web.node import daemon, mirror, node_name
-from web.sessions import current_session, remember_return_path, requested_path
+from logonmesh.daemon.client import DaemonError, DaemonUnavailable
+from logonmesh.web import present
+from logonmesh.web.forms import BudgetEntryForm, LogoutForm
+from logonmesh.web.mirror import UNKNOWN
+from logonmesh.web.node import daemon, mirror, node_name
+from logonmesh.web.sessions import current_session, remember_return_path, requested_path
 
 bp = Blueprint("pages", __name__)
 

@@ -12,7 +12,7 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response
 
-from daemon.config import Settings
+from logonmesh.daemon.config import Settings
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
@@ -58,7 +58,7 @@ class SessionInterface(SecureCookieSessionInterface):
 
 def install(app: Flask, settings: Settings) -> None:
     """The web's whole security policy, set in one place: cookies, headers, session lifetimes, throttling."""
-    from web import sessions, throttle  # they import the views' helpers; keep `import web` cheap
+    from logonmesh.web import sessions, throttle  # they import the views' helpers; keep `import web` cheap
     app.config.update({
         "SESSION_COOKIE_SECURE": settings.secure_cookies,
         sessions.LIFETIMES: (settings.session_idle_s, settings.session_ttl_s),

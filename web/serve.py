@@ -14,8 +14,8 @@ from types import FrameType
 
 from waitress.server import create_server
 
-from daemon.config import Settings
-from web import create_app
+from logonmesh.daemon.config import Settings
+from logonmesh.web import create_app
 
 log = logging.getLogger(__name__)
 

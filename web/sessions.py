@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request, session
 
-from web.mirror import UNKNOWN
-from web.node import daemon, mirror
+from logonmesh.web.mirror import UNKNOWN
+from logonmesh.web.node import daemon, mirror
 
 TOKEN = "token"
 RETURN_PATH = "next"

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from flask import current_app, request
 from werkzeug.exceptions import TooManyRequests
 
-from web.forms import USERNAME_MAX
-from web.node import daemon
+from logonmesh.web.forms import USERNAME_MAX
+from logonmesh.web.node import daemon
 
 CONFIG_KEY = "LOGONMESH_THROTTLE"
 

@@ -21,14 +21,14 @@ import click
 
 # subcommand -> the module that defines a click command of the same name
 LAZY_COMMANDS: dict[str, str] = {
-    "peers": "daemon.commands.views",
-    "status": "daemon.commands.views",
-    "cache": "daemon.commands.views",
-    "tap": "daemon.commands.tap",
-    "ping": "daemon.commands.ping",
-    "partition": "daemon.commands.faults",
-    "heal": "daemon.commands.faults",
-    "monitor": "daemon.commands.monitor",
+    "peers": "logonmesh.daemon.commands.views",
+    "status": "logonmesh.daemon.commands.views",
+    "cache": "logonmesh.daemon.commands.views",
+    "tap": "logonmesh.daemon.commands.tap",
+    "ping": "logonmesh.daemon.commands.ping",
+    "partition": "logonmesh.daemon.commands.faults",
+    "heal": "logonmesh.daemon.commands.faults",
+    "monitor": "logonmesh.daemon.commands.monitor",
 }
 
 

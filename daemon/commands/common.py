@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from daemon import config
-from daemon.cli import fail, load_settings, setting_options
+from logonmesh.daemon import config
+from logonmesh.daemon.cli import fail, load_settings, setting_options
 
 CALL_TIMEOUT_MS = 2000
 WIDTH = 80
@@ -79,7 +79,7 @@ def secure(settings: config.Settings, cookie_: bytes, sock: Any) -> None:
     """Make a socket that dials a node's tcp endpoint speak CURVE, when the cluster does (--curve)."""
     if not settings.curve:
         return
-    from daemon.curve import Curve  # only then: it pulls in zmq.auth
+    from logonmesh.daemon.curve import Curve  # only then: it pulls in zmq.auth
     try:
         Curve.from_cookie(cookie_, True).client(sock)
     except RuntimeError as exc:
@@ -127,7 +127,7 @@ class Unreachable(Exception):
 
 def ask(settings: config.Settings, name: str, op: str, **args: Any) -> Any:
     """One request to a daemon; raise Unreachable with a one-line reason."""
-    from daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+    from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
     path = ipc_of(settings, name)
     if not os.path.exists(path):
         raise Unreachable(f"no daemon is running for node {name} (no socket at {shown(path)})")
@@ -160,7 +160,7 @@ def registry_rows(settings: config.Settings) -> list:
     if "://" not in url or url.startswith("sqlite:"):
         if not os.path.exists(path):
             fail(f"no cluster database at {shown(path)} (set --db or LOGONMESH_DB)")
-    from discovery import open_registry
+    from logonmesh.discovery import open_registry
     try:
         registry = open_registry(url)
         try:
@@ -226,7 +226,7 @@ def clock(t: float | None = None) -> str:
 
 def version_text(hlc: int) -> str:
     """A hybrid logical clock as the time it stands for, plus its counter."""
-    from daemon.hlc import COUNTER_BITS
+    from logonmesh.daemon.hlc import COUNTER_BITS
     wall = datetime.fromtimestamp((hlc >> COUNTER_BITS) / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     return f"{wall}+{hlc & ((1 << COUNTER_BITS) - 1)}"
 

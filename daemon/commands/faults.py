@@ -1,6 +1,6 @@
 """``logonmesh partition`` and ``heal``: the test harness's fault injection, from a terminal.
 
-A cut is made inside the daemons, as in ``daemon.testing``: each daemon is told
+A cut is made inside the daemons, as in `logonmesh.testing`: each daemon is told
 over its ipc socket which peers to drop, and drops every bus and peer message
 to and from them.  Both sides are told, so the cut is symmetric; the ``partition``
 op is called with replace=False, so successive cuts add up until ``heal``.
@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from daemon.commands.common import (
+from logonmesh.daemon.commands.common import (
     Unreachable, ask, emit_json, fail, inspect_options, ipc_of, note, out, registry_rows, running_daemons, shown,
     split_settings,
 )
-from daemon.config import NAME_RE, Settings
+from logonmesh.daemon.config import NAME_RE, Settings
 
 
 def _names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:

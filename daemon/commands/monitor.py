@@ -16,12 +16,12 @@ from typing import Any
 import click
 import zmq
 
-from daemon import wire
-from daemon.commands.common import (
+from logonmesh.daemon import wire
+from logonmesh.daemon.commands.common import (
     WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, pick_node, shown,
     split_settings,
 )
-from daemon.monitor import HELLO, monitor_path
+from logonmesh.daemon.monitor import HELLO, monitor_path
 
 HELLO_WAIT_S = 3.0
 POLL_MS = 200

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import click
 import zmq
 
-from daemon import wire
-from daemon.commands.common import (
+from logonmesh.daemon import wire
+from logonmesh.daemon.commands.common import (
     cookie, emit_json, fail, inspect_options, out, registry_rows, secure, split_settings,
 )
 

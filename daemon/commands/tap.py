@@ -22,12 +22,12 @@ import click
 import msgpack
 import zmq
 
-from daemon import wire
-from daemon.commands.common import (
+from logonmesh.daemon import wire
+from logonmesh.daemon.commands.common import (
     WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, registry_rows,
     secure, split_settings,
 )
-from daemon.control import _redacted
+from logonmesh.daemon.control import _redacted
 
 LISTEN_WAIT_S = 3.0        # give up proving the subscriptions after this, and say so
 HANDSHAKE_GRACE_S = 0.05   # after a handshake, time for the subscription to reach the PUB

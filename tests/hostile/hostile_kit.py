@@ -26,12 +26,12 @@ import msgpack
 import zmq
 from hypothesis import strategies as st
 
-from daemon import control, wire
-from daemon.wire import MAC_SIZE
-from daemon.cache import user_entry
-from daemon.store import open_db
-from daemon.testing import LocalCluster, eventually
-from discovery import NodeRow
+from logonmesh.daemon import control, wire
+from logonmesh.daemon.wire import MAC_SIZE
+from logonmesh.daemon.cache import user_entry
+from logonmesh.daemon.store import open_db
+from logonmesh.testing import LocalCluster, eventually
+from logonmesh.discovery import NodeRow
 
 FUZZ_EXAMPLES = int(os.environ.get("LOGONMESH_FUZZ_EXAMPLES", "500"))
 LIVE_BATCHES = max(10, FUZZ_EXAMPLES // 10)

@@ -21,8 +21,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import wire
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.daemon import wire
+from logonmesh.testing import LocalCluster, Node, eventually
 from hostile_kit import (LIVE_BATCHES, PER_RECIPE, RECIPES, Rogue, assert_no_crash, bad_requests, dealer, drops,
                          expand, hostile_frames, refusal, stats, tally)
 

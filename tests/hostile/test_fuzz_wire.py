@@ -20,7 +20,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import wire
+from logonmesh.daemon import wire
 from hostile_kit import (FUZZ_EXAMPLES, MSGPACK_VALUES, genuine_frames, hostile_frames, mutated, other_key,
                          pack, scramble, sign, tally, wrong_schema_bodies)
 

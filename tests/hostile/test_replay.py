@@ -14,8 +14,8 @@ from typing import Iterator
 import pytest
 import zmq
 
-from daemon import wire
-from daemon.testing import LocalCluster, Node, eventually
+from logonmesh.daemon import wire
+from logonmesh.testing import LocalCluster, Node, eventually
 from hostile_kit import Rogue, assert_no_crash, dealer, drops, stats, tally
 
 REPLAYS = 3

@@ -32,12 +32,12 @@ from hypothesis import strategies as st
 from itsdangerous import URLSafeTimedSerializer
 from markupsafe import escape
 
-from daemon.client import DaemonClient
-from daemon.config import Settings
-from daemon.testing import Browser, LocalCluster, Node, eventually
+from logonmesh.daemon.client import DaemonClient
+from logonmesh.daemon.config import Settings
+from logonmesh.testing import Browser, LocalCluster, Node, eventually
 from hostile_kit import assert_no_crash, tally
-from web import create_app, derive_secret_key
-from web.sessions import is_local_path
+from logonmesh.web import create_app, derive_secret_key
+from logonmesh.web.sessions import is_local_path
 
 PASSWORD = "correct horse battery"
 USER_LIMIT, ADDR_LIMIT, WINDOW_S = 5, 8, 60

@@ -24,11 +24,11 @@ from typing import Iterator
 import msgpack
 import pytest
 
-from daemon import wire
-from daemon.cache import user_entry
-from daemon.client import DaemonClient
-from daemon.store import open_db
-from daemon.testing import LocalCluster, Proc, eventually
+from logonmesh.daemon import wire
+from logonmesh.daemon.cache import user_entry
+from logonmesh.daemon.client import DaemonClient
+from logonmesh.daemon.store import open_db
+from logonmesh.testing import LocalCluster, Proc, eventually
 from hostile_kit import Rogue, assert_no_crash, dealer, drops, stats, tally
 
 WRONG_COOKIE = b"a cookie from some other cluster"
@@ -63,7 +63,7 @@ def test_a_daemon_with_the_wrong_cookie_is_never_heard(local_cluster: LocalClust
     own_db = os.path.join(local_cluster.dir, "impostor.db")
     env = dict(local_cluster.env, LOGONMESH_NODE="impostor", LOGONMESH_COOKIE=WRONG_COOKIE.decode(),
                LOGONMESH_DB=own_db)
-    proc = Proc("impostor daemon", [sys.executable, "-m", "daemon", "daemon"], env,
+    proc = Proc("impostor daemon", [sys.executable, "-m", "logonmesh", "daemon"], env,
                 os.path.join(local_cluster.dir, "impostor.daemon.log"))
     client = DaemonClient(os.path.join(local_cluster.run_dir, "impostor.ipc"), WRONG_COOKIE, name="impostor-cli")
     proc.start()

@@ -39,8 +39,8 @@ import redis
 import requests
 import zmq
 
-from daemon.client import DaemonClient
-from daemon.testing import Browser, Proc, eventually
+from logonmesh.daemon.client import DaemonClient
+from logonmesh.testing import Browser, Proc, eventually
 
 PASSWORD = "correct horse battery"
 NET = "198.51.100"
@@ -56,7 +56,7 @@ TAG = f"lmt{os.getpid()}"  # every namespace and interface made here starts with
 BROWSE = """
 import json, sys
 import requests
-from daemon.testing import Browser
+from logonmesh.testing import Browser
 url, action, username, password = sys.argv[1:5]
 session = requests.Session()
 session.trust_env = False
@@ -222,7 +222,7 @@ class Net:
         return env
 
     def start_node(self, host: Host) -> None:
-        py = [sys.executable, "-m", "daemon"]
+        py = [sys.executable, "-m", "logonmesh"]
         logs = os.path.join(self.dir, host.name)
         os.makedirs(logs, exist_ok=True)
         env = self.env(host)

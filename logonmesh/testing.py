@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import requests
 
-from daemon.client import DaemonClient, DaemonUnavailable
+from logonmesh.daemon.client import DaemonClient, DaemonUnavailable
 
 T = TypeVar("T")
 STOP_TIMEOUT = 5.0
@@ -207,7 +207,7 @@ class Node:
         self.url = f"http://127.0.0.1:{self.port}" if web else ""
         env = dict(cluster.env, LOGONMESH_NODE=name)
         logs = cluster.dir
-        py = [sys.executable, "-m", "daemon"]
+        py = [sys.executable, "-m", "logonmesh"]
         self.daemon = Proc(f"{name} daemon", py + ["daemon"], env, os.path.join(logs, f"{name}.daemon.log"))
         self.web = (Proc(f"{name} web", py + ["web", "--port", str(self.port)], env,
                          os.path.join(logs, f"{name}.web.log")) if web else None)
@@ -686,32 +686,3 @@ def _pid_alive(pid: int) -> bool:
 def _close_leftovers() -> None:
     for cluster in list(_live_clusters):
         cluster.close()
-
-
-# ---- pytest plugin ---------------------------------------------------------
-
-try:
-    import pytest
-except ImportError:  # the harness works without pytest; only the fixture needs it
-    pytest = None
-
-if pytest is not None:
-    @pytest.fixture
-    def local_cluster() -> Any:
-        """A LocalCluster with test-sized timings, closed after the test whatever happens."""
-        cluster = LocalCluster()
-        try:
-            yield cluster
-        finally:
-            cluster.close()
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(item: Any, call: Any) -> Any:
-        outcome = yield
-        report = outcome.get_result()
-        if not report.failed:
-            return
-        # Any fixture that yields a LocalCluster (the plugin's, or a module-scoped one of a test file).
-        clusters = {id(v): v for v in getattr(item, "funcargs", {}).values() if isinstance(v, LocalCluster)}
-        for cluster in clusters.values():
-            report.sections.append(("logonmesh node logs", cluster.all_logs()))
