@@ -45,7 +45,7 @@ def boot_once(n: int) -> dict:
         if n:
             shutil.copy(template(n), cluster.db)
         else:
-            from logonmesh.daemon.store import open_db
+            from logonmesh.discovery.sqlite import open_db
             open_db(cluster.db).conn.close()
         t0 = time.perf_counter()
         (node,) = cluster.start_nodes("b", 1, web=False, wait=False)

@@ -20,7 +20,7 @@ FAKE_HASH = "scrypt:32768:8:1$" + "s" * 16 + "$" + "h" * 128  # the length of a 
 
 def seed_users(path: str, n: int, prefix: str = "user") -> None:
     """Write n users straight into a fresh cluster database, as a pre-built database would be."""
-    from logonmesh.daemon.store import open_db
+    from logonmesh.discovery.sqlite import open_db
     open_db(path).conn.close()
     conn = sqlite3.connect(path)
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -65,8 +65,8 @@ def cluster_rate(seconds: float, progress=None) -> dict:
 
 
 def _insert_for(path: str, tag: str, seconds: float) -> int:
-    from logonmesh.daemon.store import UserStore, with_retry
-    store = UserStore(path)
+    from logonmesh.discovery.sqlite import SqliteStore, with_retry
+    store = SqliteStore(path)
     try:
         n = 0
         t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def insert_rate(seconds: float, writers: int = 2) -> dict:
     """The baseline: bare inserts of the same rows through the same store class into one shared file,
     from as many processes as the cluster has writers (one worker thread per daemon)."""
     import multiprocessing
-    from logonmesh.daemon.store import open_db
+    from logonmesh.discovery.sqlite import open_db
     tmp = tempfile.mkdtemp(prefix="lm-ins-")
     path = os.path.join(tmp, "cluster.db")
     open_db(path).conn.close()

@@ -9,13 +9,13 @@ reported as a single line naming the flag and the variable.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+from logonmesh.discovery import NAME_RE, is_networked, normalise
+
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the NUL
 
 
@@ -70,21 +70,7 @@ def _text(raw: str) -> str:
 
 def _db(raw: str) -> str:
     """A path, sqlite:///path, or redis://host:port/N[?prefix=P]: checked now, not at the first query."""
-    if not raw:
-        raise ValueError("must not be empty")
-    scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
-    if scheme in ("", "sqlite"):
-        return raw
-    if scheme not in ("redis", "rediss"):
-        raise ValueError(f"must be a path, sqlite:///path or redis://host:port/N, got {raw!r}")
-    from logonmesh.discovery.redis import parse_url  # lazy: the CLI's start-up stays free of redis-py
-    parse_url(raw)
-    return raw
-
-
-def is_url(db: str) -> bool:
-    """True for a networked store (redis://...), whose setting is not a file path."""
-    return "://" in db and not db.startswith("sqlite:")
+    return normalise(raw)
 
 
 WILDCARDS = frozenset({"0.0.0.0", "*", "::", "[::]", ""})
@@ -242,10 +228,8 @@ def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None
         except ValueError as exc:
             where = f"{opt.flag} / {opt.env}" if source == opt.flag else f"{opt.env} (or {opt.flag})"
             raise ConfigError(f"{where}: {exc}") from None
-    if values["db"].startswith("sqlite:///"):
-        values["db"] = values["db"][len("sqlite:///") - 1:]
-    if not is_url(values["db"]):
-        values["db"] = os.path.abspath(values["db"])
+    if values["db"] == OPTIONS_BY_NAME["db"].default:  # parsers run only on given values
+        values["db"] = normalise(values["db"])
     values["run_dir"] = os.path.abspath(values["run_dir"])
     settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
     if require_name:
@@ -265,7 +249,7 @@ def resolve_cookie(settings: Settings) -> bytes:
     """
     if settings.cookie:
         return settings.cookie.encode()
-    if is_url(settings.db):  # no file is shared between hosts: a cookie made here would be this host's alone
+    if is_networked(settings.db):  # no file is shared between hosts: a cookie made here would be this host's alone
         raise ConfigError("--cookie / LOGONMESH_COOKIE: must be set when --db is a URL "
                           "(every host of the cluster needs the same secret)")
     path = Path(settings.db).parent / "cookie"

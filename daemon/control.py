@@ -101,7 +101,7 @@ class Control:
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
         def inserted(_: None, error: BaseException | None) -> None:
-            from logonmesh.daemon.store import UsernameTaken
+            from logonmesh.discovery import UsernameTaken
             if isinstance(error, UsernameTaken):
                 return reply(error="taken")
             if error is not None:
@@ -113,7 +113,7 @@ class Control:
             d.publish_entries([entry])
             reply({"id": user["id"], "username": username, "created_at": user["created_at"]})
 
-        d.worker.submit(lambda res: res.users.insert(user, d.name), inserted)
+        d.worker.submit(lambda res: res.store.insert(user, d.name), inserted)
 
     def op_user(self, reply: Reply, username: str) -> None:
         item = self.d.cache.get("u", username)
@@ -178,7 +178,7 @@ class Control:
             d.publish_entries([entry])
             reply({"id": entry[1], **value})
 
-        d.worker.submit(lambda res: res.users.insert_budget(entry), stored)
+        d.worker.submit(lambda res: res.store.insert_budget(entry), stored)
 
     def op_budget_list(self, reply: Reply, username: str) -> None:
         entries = [{"id": key, **value} for _, key, _, _, value, _ in self.d.cache.budget_of(username)

@@ -26,16 +26,15 @@ from logonmesh.daemon.cache import Cache, expand_users, now_ms, user_entry
 from logonmesh.daemon.control import Control
 from logonmesh.daemon.curve import Curve
 from logonmesh.daemon.guard import Refusals, ReplayWindow
-from logonmesh.daemon.config import WILDCARDS, Settings, ensure_run_dir, is_url, resolve_cookie
+from logonmesh.daemon.config import WILDCARDS, Settings, ensure_run_dir, resolve_cookie
 from logonmesh.daemon.hlc import HLC
 from logonmesh.daemon.membership import Membership, Peer, monotonic_ms
 from logonmesh.daemon.feed import SessionFeed, feed_path
 from logonmesh.daemon.monitor import MonitorFeed, open_feed
-from logonmesh.daemon.store import open_users
 from logonmesh.daemon.sync import Repairs
 from logonmesh.daemon.trace import Trace
 from logonmesh.daemon.worker import Worker
-from logonmesh.discovery import NodeRow, open_registry
+from logonmesh.discovery import Backend, NodeRow, is_networked, open_backend
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +61,6 @@ def drain(recv: Callable[[int], T], limit: int) -> Iterator[T]:
 
 class StartupError(Exception):
     """The daemon cannot start; the message is one line for a person."""
-
-
-class Resources:
-    """What the worker thread owns: its own connections to the registry and the user store."""
-
-    def __init__(self, db: str, row_ttl_ms: int | None = None) -> None:
-        self.registry = open_registry(db, row_ttl_ms)
-        self.users = open_users(db)
-
-    def close(self) -> None:
-        self.registry.close()
-        self.users.close()
 
 
 class Daemon:
@@ -122,8 +109,8 @@ class Daemon:
         try:
             res = self._resources()
             try:
-                self.cache.load_users(res.users.load())
-                self.cache.merge(list(res.users.load_budget()))
+                self.cache.load_users(res.store.load())
+                self.cache.merge(list(res.store.load_budget()))
                 self._bind()
                 res.registry.announce(self._row())
                 self._on_rows(res.registry.peers())
@@ -204,9 +191,9 @@ class Daemon:
                                f"(ipc socket {self.settings.ipc_path})") from None
         self._lock_fd = fd
 
-    def _resources(self) -> Resources:
+    def _resources(self) -> Backend:
         """Connections for one thread; a Redis row lives as long as the stale limit unless refreshed."""
-        return Resources(self.settings.db, STALE_ROW_FACTOR * self.settings.down_after_ms)
+        return open_backend(self.settings.db, STALE_ROW_FACTOR * self.settings.down_after_ms)
 
     def _row(self) -> NodeRow:
         now = time.time()
@@ -339,11 +326,11 @@ class Daemon:
         row = self._row()
         # only a networked store can forget; a SQLite file's missing row just means it was pruned.
         # The loop only copies the table (C speed); the worker rebuilds the records.
-        stored = self.cache.stored_users() if is_url(self.settings.db) else []
+        stored = self.cache.stored_users() if is_networked(self.settings.db) else []
 
-        def job(res: Resources) -> int:
+        def job(res: Backend) -> int:
             res.registry.announce(row)
-            return res.users.restore(expand_users(stored))
+            return res.store.restore(expand_users(stored))
 
         def done(restored: int | None, error: BaseException | None) -> None:
             if error is not None:
@@ -365,7 +352,7 @@ class Daemon:
         self._polling = True
         stale_before = time.time() - STALE_ROW_FACTOR * self.settings.down_after_ms / 1000
 
-        def job(res: Resources) -> list[NodeRow]:
+        def job(res: Backend) -> list[NodeRow]:
             pruned = res.registry.prune(stale_before)
             if pruned:
                 log.info("pruned stale registry rows: %s", ", ".join(pruned))
@@ -403,8 +390,8 @@ class Daemon:
         cut off by a partition keeps its row, so a partition still is one.
         Whatever is new here is published, so every peer has it too.
         """
-        def job(res: Resources) -> list[list]:
-            return [user_entry(u) for u in res.users.written_by(name)]
+        def job(res: Backend) -> list[list]:
+            return [user_entry(u) for u in res.store.written_by(name)]
 
         def done(entries: list[list] | None, error: BaseException | None) -> None:
             if error is not None:

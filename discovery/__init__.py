@@ -1,14 +1,31 @@
-"""Finding the other nodes of a cluster.
+"""The cluster database: where nodes find each other and where users are kept for good.
 
-A registry holds one row per live node.  The daemon needs only four things
-from it, so every backend (SQLite today, Redis for clusters that span hosts)
-implements this small interface and nothing above it changes.
+Two backends hold it, one module each: ``sqlite`` (a shared file, for the
+nodes of one host) and ``redis`` (for clusters that span hosts).  Each module
+holds that backend's *registry* (the ``clusters`` table: one row per live
+node) and its durable *store* (users, and whatever else must outlive every
+daemon).  This module is the only place that turns a ``--db`` setting into a
+backend, and the small interface below is all the daemon sees, so nothing
+above it changes with the backend.
+
+This package sits below the daemon: it imports nothing of ``logonmesh.daemon``
+(a layers contract in CI says so), and a backend's client library is imported
+only when that backend is opened, so the CLI's start-up stays free of it.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 from dataclasses import dataclass
-from typing import Protocol
+from types import ModuleType
+from typing import Iterator, Protocol
+
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")  # a node's name: in rows, in frames, in file names
+BACKENDS = {"sqlite": "logonmesh.discovery.sqlite", "redis": "logonmesh.discovery.redis",
+            "rediss": "logonmesh.discovery.redis"}
+SQLITE_PREFIX = "sqlite:///"
 
 
 @dataclass(frozen=True)
@@ -23,7 +40,21 @@ class NodeRow:
     heartbeat_at: float
 
 
+class UsernameTaken(Exception):
+    """The store already holds this username (SQLite's unique index, or Redis's key) and refused the insert."""
+
+
+class StoreUnavailable(ConnectionError):
+    """A networked store (Redis) cannot be reached or refused; the message is one line for a person.
+
+    A ConnectionError, hence an OSError: the CLI reports it at start as one
+    line, and once running the daemon answers "the user store is unavailable".
+    """
+
+
 class Registry(Protocol):
+    """The ``clusters`` table: what the daemon needs to find its peers."""
+
     def announce(self, row: NodeRow) -> None:
         """Insert or replace this node's row."""
 
@@ -36,22 +67,107 @@ class Registry(Protocol):
     def withdraw(self, node_id: str, incarnation: int) -> None:
         """Remove this node's row, on a clean shutdown."""
 
-    def close(self) -> None:
-        """Release the connection."""
-
     def prune(self, stale_before: float) -> list[str]:
         """Delete rows whose heartbeat is older than ``stale_before``; returns their ids."""
 
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class Store(Protocol):
+    """The durable record (users, budget entries), whatever holds it."""
+
+    def insert(self, user: dict, node: str) -> None:
+        """Store a new user atomically, noting which node wrote it; raise UsernameTaken if the name exists."""
+
+    def written_by(self, node: str) -> Iterator[dict]:
+        """The users a node wrote: what the others adopt when that node vanishes for good."""
+
+    def load(self) -> Iterator[dict]:
+        """Every user (id, username, password_hash, created_at), read in pages."""
+
+    def restore(self, users: list[dict]) -> int:
+        """Write back users the store lost (a Redis without persistence restarted); returns how many."""
+
+    def insert_budget(self, entry: list) -> None:
+        """Store a budget entry (a wire entry of kind "b", version included, so boot reproduces it)."""
+
+    def load_budget(self) -> Iterator[list]:
+        """Every stored budget entry, as wire entries."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+@dataclass
+class Backend:
+    """One thread's connections to the cluster database (connections stay on the thread that made them)."""
+
+    registry: Registry
+    store: Store
+
+    def close(self) -> None:
+        self.registry.close()
+        self.store.close()
+
+
+def scheme(url: str) -> str:
+    """The backend a ``--db`` setting names: "sqlite" for a path or sqlite:///path, else the URL's scheme."""
+    return url.split("://", 1)[0].lower() if "://" in url else "sqlite"
+
+
+def _module(url: str) -> ModuleType:
+    name = BACKENDS.get(scheme(url))
+    if name is None:
+        raise ValueError(f"must be a path, sqlite:///path or redis://host:port/N, got {url!r}")
+    return importlib.import_module(name)
+
+
+def normalise(raw: str) -> str:
+    """Check a ``--db`` setting now, not at the first query; a file becomes an absolute path.
+
+    Raises ValueError with a message for a person.
+    """
+    if not raw:
+        raise ValueError("must not be empty")
+    _module(raw)  # an unknown scheme fails here
+    if scheme(raw) != "sqlite":
+        return _module(raw).check_url(raw)
+    path = raw[len(SQLITE_PREFIX) - 1:] if raw.startswith(SQLITE_PREFIX) else raw
+    return os.path.abspath(path)
+
+
+def is_networked(url: str) -> bool:
+    """True for a store on the network (Redis): its setting is no file path, and it can forget."""
+    return scheme(url) != "sqlite"
+
+
+def file_path(url: str) -> str | None:
+    """The file a SQLite setting names, None for a networked store."""
+    if is_networked(url):
+        return None
+    return url[len(SQLITE_PREFIX) - 1:] if url.startswith(SQLITE_PREFIX) else url
+
 
 def open_registry(url: str, row_ttl_ms: int | None = None) -> Registry:
-    """The registry named by the --db setting: a path, sqlite:///path, or redis://host:port/N[?prefix=P].
+    """The registry named by the --db setting.
 
     ``row_ttl_ms`` is the daemon's stale limit.  Redis expires a row after it
     unless a heartbeat refreshes it; SQLite keeps rows until ``prune``.
     """
-    if url.startswith(("redis://", "rediss://")):
-        from logonmesh.discovery.redis import RedisRegistry
-        return RedisRegistry(url, row_ttl_ms)
-    from logonmesh.discovery.sqlite import SqliteRegistry
-    path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url
-    return SqliteRegistry(path)
+    return _module(url).open_registry(url, row_ttl_ms)
+
+
+def open_store(url: str) -> Store:
+    """The durable store named by the --db setting."""
+    return _module(url).open_store(url)
+
+
+def open_backend(url: str, row_ttl_ms: int | None = None) -> Backend:
+    """Registry and store for one thread; if the store cannot open, the registry is closed again."""
+    registry = open_registry(url, row_ttl_ms)
+    try:
+        return Backend(registry, open_store(url))
+    except BaseException:
+        registry.close()
+        raise

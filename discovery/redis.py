@@ -1,4 +1,4 @@
-"""The cluster registry in Redis, for clusters whose nodes live on several hosts.
+"""The Redis backend, for clusters whose nodes live on several hosts: the registry and the durable record.
 
 A shared SQLite file cannot be shared safely over a network filesystem; Redis
 can be reached from every host.  Layout, under a prefix (default
@@ -18,6 +18,19 @@ Every Redis call goes through ``RedisLink``: short socket timeouts, and a
 breaker that fails calls at once for a second after the server was found
 unreachable.  The daemon's worker thread runs these calls, and a registration
 queued behind a heartbeat must not wait for a dead server's timeouts.
+
+* ``<prefix>:user:<username>``: the durable record of a user, a hash of id,
+  username, password_hash and created_at; ``<prefix>:by-node:<name>`` the set
+  of usernames a node wrote; ``<prefix>:budget:<id>`` one budget entry.
+
+The key is the username, so uniqueness is the key's existence: a Lua script checks and writes in one step, and two nodes
+racing for one name (even on two sides of a mesh partition, as long as both
+reach Redis) get exactly one winner.  Boot reads every user with SCAN and
+pipelined HGETALL, one page per round trip, so a large user base neither
+blocks Redis (no KEYS) nor needs one huge reply.
+
+As in the SQLite store, only the daemon's worker thread calls this, and only at
+boot, on registration and on restore: lookups are served from the mesh cache.
 """
 
 from __future__ import annotations
@@ -34,9 +47,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from logonmesh.daemon.config import NAME_RE
-from logonmesh.daemon.store import StoreUnavailable
-from logonmesh.discovery import NodeRow
+from logonmesh.discovery import NAME_RE, NodeRow, StoreUnavailable, UsernameTaken
+from logonmesh.discovery.sqlite import budget_entry, budget_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +78,20 @@ if redis.call('HGET', KEYS[1], 'incarnation') == ARGV[1] then
 end
 return 0
 """
+
+
+def open_registry(url: str, row_ttl_ms: int | None = None) -> "RedisRegistry":
+    return RedisRegistry(url, row_ttl_ms)
+
+
+def open_store(url: str) -> "RedisStore":
+    return RedisStore(url)
+
+
+def check_url(url: str) -> str:
+    """The setting as given, once ``parse_url`` found nothing wrong with it (ValueError otherwise)."""
+    parse_url(url)
+    return url
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -291,3 +317,112 @@ def _tcp(endpoint: str) -> str:
     if not endpoint.startswith("tcp://") or len(endpoint) > 300:
         raise ValueError(f"not a tcp endpoint: {endpoint[:60]!r}")
     return endpoint
+
+
+# ---- the durable record ----------------------------------------------------
+
+FIELDS = ("id", "username", "password_hash", "created_at")
+LOAD_PAGE = 1000      # users per SCAN page and per pipelined HGETALL at boot
+RESTORE_PAGE = 500    # users per pipelined restore round trip
+
+# Create the user only if the username is free; 1 when created, 0 when taken.  KEYS[2], when
+# given, is the set of usernames the writing node created (see written_by).
+INSERT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'username', ARGV[2], 'password_hash', ARGV[3], 'created_at', ARGV[4])
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
+class RedisStore:
+    """The Store protocol on Redis, for one thread (redis-py clients are thread-safe, but one per thread is simplest)."""
+
+    def __init__(self, url: str, page: int = LOAD_PAGE) -> None:
+        self.link = RedisLink(url)
+        self.page = page
+        self.bad_rows = 0
+        self._insert = self.link.client.register_script(INSERT_LUA)
+
+    def _key(self, username: str) -> str:
+        return self.link.key("user", username)
+
+    def insert(self, user: dict, node: str) -> None:
+        created = self.link.call("register a user", lambda c: self._insert(
+            keys=[self._key(user["username"]), self.link.key("by-node", node)],
+            args=[str(user[f]) for f in FIELDS], client=c))
+        if created != 1:
+            raise UsernameTaken(user["username"])
+
+    def written_by(self, node: str) -> Iterator[dict]:
+        names = sorted(self.link.call("list a node's users",
+                                      lambda c: c.smembers(self.link.key("by-node", node))))
+        for i in range(0, len(names), self.page):
+            page = names[i:i + self.page]
+
+            def fetch(c: redis.Redis, page: list = page) -> list:
+                pipe = c.pipeline(transaction=False)
+                for name in page:
+                    pipe.hgetall(self._key(name))
+                return pipe.execute()
+            for fields in self.link.call("read a node's users", fetch):
+                user = self._parse(fields)
+                if user is not None:
+                    yield user
+
+    def load(self) -> Iterator[dict]:
+        match = glob_escape(self.link.key("user")) + ":*"
+        for keys in self.link.scan("load the users", match, self.page):
+            for fields in self.link.hgetall_many("load the users", keys):
+                user = self._parse(fields)
+                if user is not None:
+                    yield user
+
+    def _parse(self, fields: dict) -> dict | None:
+        if not fields:  # deleted between SCAN and HGETALL
+            return None
+        if any(not fields.get(f) for f in FIELDS):
+            self.bad_rows += 1
+            log.warning("ignoring a user hash without %s", ", ".join(f for f in FIELDS if not fields.get(f)))
+            return None
+        return {f: fields[f] for f in FIELDS}
+
+    def restore(self, users: list[dict]) -> int:
+        """Write back every user Redis lacks (it restarted without persistence); existing names win."""
+        restored = 0
+        for i in range(0, len(users), RESTORE_PAGE):
+            page = users[i:i + RESTORE_PAGE]
+
+            def run(c: redis.Redis, page: list[dict] = page) -> list:
+                pipe = c.pipeline(transaction=False)
+                for user in page:
+                    self._insert(keys=[self._key(user["username"])], args=[str(user[f]) for f in FIELDS],
+                                 client=pipe)
+                return pipe.execute()
+            restored += sum(1 for r in self.link.call("restore users", run) if r == 1)
+        return restored
+
+    def insert_budget(self, entry: list) -> None:
+        """One hash per budget entry, its version included, so a node booting from Redis rebuilds the same entry."""
+        row = budget_row(entry)
+        self.link.call("store a budget entry", lambda c: c.hset(
+            self.link.key("budget", row["id"]), mapping={k: str(v) for k, v in row.items()}))
+
+    def load_budget(self) -> Iterator[list]:
+        match = glob_escape(self.link.key("budget")) + ":*"
+        for keys in self.link.scan("load the budget entries", match, self.page):
+            for fields in self.link.hgetall_many("load the budget entries", keys):
+                try:
+                    row = dict(fields, cents=int(fields["cents"]), hlc=int(fields["hlc"]))
+                    yield budget_entry(row)
+                except (KeyError, ValueError):
+                    if fields:  # an empty dict expired between SCAN and HGETALL
+                        self.bad_rows += 1
+                        log.warning("ignoring a malformed budget hash")
+
+    def close(self) -> None:
+        self.link.close()

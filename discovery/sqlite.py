@@ -1,18 +1,144 @@
-"""The ``clusters`` table in a shared SQLite file, through sqlite-utils.
+"""The SQLite backend: the ``clusters`` table and the durable record, in one shared file.
 
-Every call retries while the file is locked, for up to ``RETRY_S``: these run
-on the daemon's worker thread, where waiting costs nobody a page, and a dozen
-daemons refreshing their rows each heartbeat do collide on a busy machine.
+The file is shared by the nodes of one host, in WAL mode.  Only the daemon's
+worker thread (never its event loop) calls into it: at boot, on registration,
+for the registry's heartbeat and poll, and by repair.  Lookups are served from
+the mesh cache so that a partition really is one.
+
+Every registry call retries while the file is locked, for up to ``RETRY_S``:
+waiting on the worker costs nobody a page, and a dozen daemons refreshing
+their rows each heartbeat do collide on a busy machine.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
 from dataclasses import asdict
+from typing import Callable, Iterator, TypeVar
 
-from logonmesh.daemon.store import open_db, with_retry
-from logonmesh.discovery import NodeRow
+import sqlite_utils
 
+from logonmesh.discovery import NodeRow, UsernameTaken
+
+BUSY_TIMEOUT_MS = 750  # below the web's 1 s: a locked file says "unavailable" before the web gives up
 RETRY_S = 3.0
+T = TypeVar("T")
+
+
+def open_registry(url: str, row_ttl_ms: int | None = None) -> "SqliteRegistry":
+    """Rows stay until ``prune``: a file has no TTL, so ``row_ttl_ms`` is not needed here."""
+    return SqliteRegistry(_path(url))
+
+
+def open_store(url: str) -> "SqliteStore":
+    return SqliteStore(_path(url))
+
+
+def _path(url: str) -> str:
+    return url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url
+
+
+def open_db(path: str) -> sqlite_utils.Database:
+    """Open the shared cluster database for one thread: WAL, a busy timeout, tables present."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=True)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db = sqlite_utils.Database(conn)
+    with_retry(lambda: _prepare(db))
+    return db
+
+
+def _prepare(db: sqlite_utils.Database) -> None:
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    ensure_tables(db)
+
+
+def with_retry(fn: Callable[[], T], seconds: float = 5.0) -> T:
+    """Run fn, retrying while SQLite says "locked".
+
+    Switching to WAL and creating tables take locks that the busy timeout does
+    not always cover when several daemons open a new file at the same instant.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def ensure_tables(db: sqlite_utils.Database) -> None:
+    db["users"].create({"id": str, "username": str, "password_hash": str, "created_at": str},
+                       pk="id", not_null={"username", "password_hash", "created_at"}, if_not_exists=True)
+    db["users"].create_index(["username"], unique=True, if_not_exists=True)
+    if "node" not in db["users"].columns_dict:  # optional: which node wrote the row (NULL for others' rows)
+        try:
+            db["users"].add_column("node", str)
+        except sqlite3.OperationalError as exc:  # another daemon opening the new file added it first
+            if "duplicate column" not in str(exc):
+                raise
+    db["users"].create_index(["node"], if_not_exists=True)
+    db["budget"].create({"id": str, "username": str, "label": str, "cents": int, "created_at": str,
+                         "hlc": int, "origin": str}, pk="id", if_not_exists=True)
+
+
+def budget_row(entry: list) -> dict:
+    _, key, hlc, origin, value, _ = entry
+    return {"id": key, "username": value["user"], "label": value["label"], "cents": value["cents"],
+            "created_at": value["created_at"], "hlc": hlc, "origin": origin}
+
+
+def budget_entry(row: dict) -> list:
+    value = {"user": row["username"], "label": row["label"], "cents": row["cents"],
+             "created_at": row["created_at"]}
+    return ["b", row["id"], row["hlc"], row["origin"], value, 0]
+
+
+class SqliteStore:
+    """The durable record in the shared file (users and budget tables), for one thread."""
+
+    def __init__(self, path: str) -> None:
+        self.db = open_db(path)
+
+    def insert(self, user: dict, node: str) -> None:
+        try:
+            self.db["users"].insert(dict(user, node=node))
+        except sqlite3.IntegrityError:
+            raise UsernameTaken(user["username"]) from None
+
+    def written_by(self, node: str) -> Iterator[dict]:
+        yield from self.db.query("select id, username, password_hash, created_at from users where node = ?",
+                                 [node])
+
+    def load(self) -> Iterator[dict]:
+        yield from self.db.query("select id, username, password_hash, created_at from users")
+
+    def restore(self, users: list[dict]) -> int:
+        """Nothing to do: a file does not forget its rows.
+
+        A missing registry row here means it was pruned (the node was stopped
+        too long), not that the users are gone, and rewriting every user would
+        hold the shared file's write lock for as long as that takes.
+        """
+        return 0
+
+    def insert_budget(self, entry: list) -> None:
+        with_retry(lambda: self.db["budget"].insert(budget_row(entry), replace=True))
+
+    def load_budget(self) -> Iterator[list]:
+        for row in self.db.query("select * from budget"):
+            yield budget_entry(row)
+
+    def close(self) -> None:
+        self.db.conn.close()
 
 
 class SqliteRegistry:

@@ -1,5 +1,5 @@
 """``python -m logonmesh …`` is the ``logonmesh`` command, whatever folders the working directory holds."""
 
-from logonmesh.daemon.cli import main
+from logonmesh.cli import main
 
 main(prog_name="logonmesh")

@@ -519,7 +519,7 @@ def test_a_stop_while_booting_still_leaves_cleanly(tmp_path) -> None:
     import time
     import uuid
 
-    from logonmesh.daemon.store import open_db
+    from logonmesh.discovery.sqlite import open_db
 
     with LocalCluster() as cluster:
         open_db(cluster.db).conn.close()

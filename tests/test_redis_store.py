@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from logonmesh.daemon import config
-from logonmesh.daemon.store import StoreUnavailable, UsernameTaken, open_users
+from logonmesh.discovery import StoreUnavailable, UsernameTaken, open_store
 from logonmesh.testing import Browser, LocalCluster, eventually, free_port
 from logonmesh.discovery import NodeRow, open_registry
 from logonmesh.discovery.redis import RedisRegistry, parse_url
@@ -186,7 +186,7 @@ def test_bad_rows_are_ignored_and_counted(url: str) -> None:
 
 def test_written_by_lists_the_users_a_node_wrote(url: str) -> None:
     """What the others adopt when a node vanishes (see Daemon._adopt)."""
-    store = open_users(url)
+    store = open_store(url)
     try:
         for name, node in (("a1", "x"), ("a2", "x"), ("b1", "y")):
             store.insert(user(name), node)
@@ -201,7 +201,7 @@ def test_registration_is_unique_under_concurrency(url: str) -> None:
     barrier = threading.Barrier(16)
 
     def attempt(n: int) -> bool:
-        store = open_users(url)
+        store = open_store(url)
         try:
             barrier.wait()
             store.insert(user("contested", n), f"n{n}")
@@ -215,7 +215,7 @@ def test_registration_is_unique_under_concurrency(url: str) -> None:
         results = list(pool.map(attempt, range(16)))
     assert results.count(True) == 1
     winner = results.index(True)
-    store = open_users(url)
+    store = open_store(url)
     try:
         [stored] = [u for u in store.load() if u["username"] == "contested"]
         assert stored["password_hash"] == f"hash-{winner}"
@@ -226,8 +226,8 @@ def test_registration_is_unique_under_concurrency(url: str) -> None:
 
 
 def test_boot_loads_every_user_in_pages(url: str) -> None:
-    from logonmesh.daemon.redis_store import RedisUserStore
-    store = RedisUserStore(url, page=100)
+    from logonmesh.discovery.redis import RedisStore
+    store = RedisStore(url, page=100)
     try:
         expected = {f"user{i}": user(f"user{i}", i) for i in range(2500)}
         assert store.restore(list(expected.values())) == 2500
@@ -245,7 +245,7 @@ def test_boot_loads_every_user_in_pages(url: str) -> None:
 
 
 def test_budget_entries_round_trip(url: str) -> None:
-    store = open_users(url)
+    store = open_store(url)
     try:
         entry = ["b", uuid.uuid4().hex, 123456789, "node1",
                  {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T03:04:05+00:00"}, 0]
@@ -256,7 +256,7 @@ def test_budget_entries_round_trip(url: str) -> None:
 
 
 def test_unreachable_redis_is_one_clear_error() -> None:
-    store = open_users("redis://127.0.0.1:1/0")
+    store = open_store("redis://127.0.0.1:1/0")
     try:
         with pytest.raises(StoreUnavailable, match="unreachable"):
             list(store.load())

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from logonmesh.daemon import control, wire
 from logonmesh.daemon.wire import MAC_SIZE
 from logonmesh.daemon.cache import user_entry
-from logonmesh.daemon.store import open_db
+from logonmesh.discovery.sqlite import open_db
 from logonmesh.testing import LocalCluster, eventually
 from logonmesh.discovery import NodeRow
 

@@ -27,7 +27,7 @@ import pytest
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import user_entry
 from logonmesh.daemon.client import DaemonClient
-from logonmesh.daemon.store import open_db
+from logonmesh.discovery.sqlite import open_db
 from logonmesh.testing import LocalCluster, Proc, eventually
 from hostile_kit import Rogue, assert_no_crash, dealer, drops, stats, tally
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from logonmesh.daemon.commands.common import (
+from logonmesh.commands.common import (
     WIDTH, ago, call, clip, emit_json, inspect_options, node_option, out, pick_node, registry_rows,
     pairs, split_settings, table, version_text,
 )

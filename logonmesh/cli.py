@@ -1,6 +1,6 @@
 """The ``logonmesh`` command.
 
-Every shared setting becomes a flag here from ``daemon.config.OPTIONS``, so
+Every shared setting becomes a flag here from ``logonmesh.daemon.config.OPTIONS``, so
 the CLI cannot drift from the daemon and the web.  Heavy imports (Flask, the
 daemon's loop) happen inside the subcommand that needs them, to keep start-up
 quick.  Errors are one line on stderr and exit code 2, never a traceback.
@@ -8,50 +8,16 @@ quick.  Errors are one line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
-import logging
-import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from logonmesh.commands import CommandGroup
+from logonmesh.commands.options import fail, load_settings, setting_options, setup_logging
 from logonmesh.daemon import config
-from logonmesh.daemon.commands import CommandGroup
 
 
-def setting_options(*scopes: str) -> Callable:
-    """Add one click option per setting in the given scopes; values arrive as strings (None if unset)."""
-    def decorate(fn: Callable) -> Callable:
-        for opt in reversed([o for o in config.OPTIONS if o.scope in scopes]):
-            default = "" if opt.default is None else f" [default: {opt.default}]"
-            help_text = f"{opt.help} (env {opt.env}){default}"
-            if opt.parse is config.parse_flag:
-                fn = click.option(opt.flag, opt.name, is_flag=True, flag_value="1", default=None,
-                                  help=help_text)(fn)
-            else:
-                fn = click.option(opt.flag, opt.name, default=None, metavar="VALUE", help=help_text)(fn)
-        return fn
-    return decorate
-
-
-def load_settings(values: dict[str, Any], require_name: bool = False) -> config.Settings:
-    try:
-        return config.load({k: v for k, v in values.items() if k in config.OPTIONS_BY_NAME},
-                           require_name=require_name)
-    except config.ConfigError as exc:
-        fail(str(exc))
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"logonmesh: {message}", err=True)
-    sys.exit(code)
-
-
-def setup_logging(name: str) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
-
-
-@click.group(cls=CommandGroup,  # the inspection subcommands, loaded on first use: daemon/commands/
+@click.group(cls=CommandGroup,  # the inspection subcommands, loaded on first use: logonmesh/commands/
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """logonmesh: a clustered login service with no central cache server."""

@@ -17,7 +17,7 @@ import click
 import zmq
 
 from logonmesh.daemon import wire
-from logonmesh.daemon.commands.common import (
+from logonmesh.commands.common import (
     WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, pick_node, shown,
     split_settings,
 )

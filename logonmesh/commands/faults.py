@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from logonmesh.daemon.commands.common import (
+from logonmesh.commands.common import (
     Unreachable, ask, emit_json, fail, inspect_options, ipc_of, note, out, registry_rows, running_daemons, shown,
     split_settings,
 )

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import click
 
 from logonmesh.daemon import config
-from logonmesh.daemon.cli import fail, load_settings, setting_options
+from logonmesh.commands.options import fail, load_settings, setting_options
 
 CALL_TIMEOUT_MS = 2000
 WIDTH = 80
@@ -64,7 +64,7 @@ def cookie(settings: config.Settings) -> bytes:
     """The cluster secret, without ever creating a cookie file (a tool must not invent one)."""
     if settings.cookie:
         return settings.cookie.encode()
-    if config.is_url(settings.db):  # a Redis cluster has no cookie file to fall back on
+    if config.is_networked(settings.db):  # a Redis cluster has no cookie file to fall back on
         fail("no cluster cookie: set --cookie / LOGONMESH_COOKIE (required when --db is a URL)")
     path = os.path.join(os.path.dirname(settings.db), "cookie")
     if not os.path.exists(path):
@@ -155,12 +155,11 @@ def call(settings: config.Settings, name: str, op: str, **args: Any) -> Any:
 
 def registry_rows(settings: config.Settings) -> list:
     """Every row of the clusters table (NodeRow), sorted by name; exit 2 when there is no database."""
+    from logonmesh.discovery import file_path, open_registry
     url = settings.db
-    path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:///") else url
-    if "://" not in url or url.startswith("sqlite:"):
-        if not os.path.exists(path):
-            fail(f"no cluster database at {shown(path)} (set --db or LOGONMESH_DB)")
-    from logonmesh.discovery import open_registry
+    path = file_path(url)
+    if path is not None and not os.path.exists(path):
+        fail(f"no cluster database at {shown(path)} (set --db or LOGONMESH_DB)")
     try:
         registry = open_registry(url)
         try:
@@ -168,7 +167,7 @@ def registry_rows(settings: config.Settings) -> list:
         finally:
             registry.close()
     except Exception as exc:  # sqlite3, or another backend's error: one line either way
-        where = f"the clusters table in {shown(path)}" if not config.is_url(url) else "the registry"
+        where = f"the clusters table in {shown(path)}" if path is not None else "the registry"
         fail(f"cannot read {where}: {exc}")
 
 

@@ -16,7 +16,7 @@ import click
 import zmq
 
 from logonmesh.daemon import wire
-from logonmesh.daemon.commands.common import (
+from logonmesh.commands.common import (
     cookie, emit_json, fail, inspect_options, out, registry_rows, secure, split_settings,
 )
 

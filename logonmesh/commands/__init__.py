@@ -7,7 +7,7 @@ them all), so no command pays for another's imports.  This module itself
 imports nothing but click.
 
 Why one-line usage errors: every error of the tool is one line on stderr and
-exit code 2 (see ``daemon.cli.fail``); click's own usage errors would
+exit code 2 (see ``logonmesh.commands.options.fail``); click's own usage errors would
 otherwise print three lines in another style.
 """
 
@@ -21,14 +21,14 @@ import click
 
 # subcommand -> the module that defines a click command of the same name
 LAZY_COMMANDS: dict[str, str] = {
-    "peers": "logonmesh.daemon.commands.views",
-    "status": "logonmesh.daemon.commands.views",
-    "cache": "logonmesh.daemon.commands.views",
-    "tap": "logonmesh.daemon.commands.tap",
-    "ping": "logonmesh.daemon.commands.ping",
-    "partition": "logonmesh.daemon.commands.faults",
-    "heal": "logonmesh.daemon.commands.faults",
-    "monitor": "logonmesh.daemon.commands.monitor",
+    "peers": "logonmesh.commands.views",
+    "status": "logonmesh.commands.views",
+    "cache": "logonmesh.commands.views",
+    "tap": "logonmesh.commands.tap",
+    "ping": "logonmesh.commands.ping",
+    "partition": "logonmesh.commands.faults",
+    "heal": "logonmesh.commands.faults",
+    "monitor": "logonmesh.commands.monitor",
 }
 
 

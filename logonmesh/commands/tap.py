@@ -23,7 +23,7 @@ import msgpack
 import zmq
 
 from logonmesh.daemon import wire
-from logonmesh.daemon.commands.common import (
+from logonmesh.commands.common import (
     WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, registry_rows,
     secure, split_settings,
 )
