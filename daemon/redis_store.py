@@ -1,7 +1,8 @@
 """The durable user record in Redis, for clusters that span hosts.
 
 One hash per user, ``<prefix>:user:<username>``, holding id, username,
-password_hash and created_at; one per budget entry, ``<prefix>:budget:<id>``.  The key is the username, so uniqueness is the
+password_hash and created_at; one per app record, ``<prefix>:record:<namespace>/<key>``, holding its
+version and its packed value (see ``SAVE_RECORD_LUA``).  The key is the username, so uniqueness is the
 key's existence: a Lua script checks and writes in one step, and two nodes
 racing for one name (even on two sides of a mesh partition, as long as both
 reach Redis) get exactly one winner.  Boot reads every user with SCAN and
@@ -19,7 +20,8 @@ from typing import Iterator
 
 import redis
 
-from logonmesh.daemon.store import UsernameTaken, budget_entry, budget_row
+from logonmesh.daemon.kinds import Entry
+from logonmesh.daemon.store import UsernameTaken, pack_value, unpack_value
 from logonmesh.discovery.redis import RedisLink, glob_escape
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,17 @@ end
 return 1
 """
 
+# Last-writer-wins in one step: replace the record only with a strictly higher (hlc, origin).  An HLC
+# exceeds a Lua number's 53 bits, so it is compared as a zero-padded 20-digit string.
+SAVE_RECORD_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'hlc', 'origin')
+if cur[1] and (cur[1] > ARGV[1] or (cur[1] == ARGV[1] and cur[2] >= ARGV[2])) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'hlc', ARGV[1], 'origin', ARGV[2], 'value', ARGV[3])
+return 1
+"""
+
 
 class RedisUserStore:
     """The Users protocol on Redis, for one thread (redis-py clients are thread-safe, but one per thread is simplest)."""
@@ -50,6 +63,7 @@ class RedisUserStore:
         self.page = page
         self.bad_rows = 0
         self._insert = self.link.client.register_script(INSERT_LUA)
+        self._save_record = self.link.client.register_script(SAVE_RECORD_LUA)
 
     def _key(self, username: str) -> str:
         return self.link.key("user", username)
@@ -109,23 +123,25 @@ class RedisUserStore:
             restored += sum(1 for r in self.link.call("restore users", run) if r == 1)
         return restored
 
-    def insert_budget(self, entry: list) -> None:
-        """One hash per budget entry, its version included, so a node booting from Redis rebuilds the same entry."""
-        row = budget_row(entry)
-        self.link.call("store a budget entry", lambda c: c.hset(
-            self.link.key("budget", row["id"]), mapping={k: str(v) for k, v in row.items()}))
+    def save_record(self, entry: Entry) -> None:
+        """One hash per record, its version included; the value as hex (the client decodes replies as text)."""
+        packed = pack_value(entry.value)
+        args = [f"{entry.hlc:020d}", entry.origin, "" if packed is None else "x" + packed.hex()]
+        self.link.call("store a record", lambda c: self._save_record(
+            keys=[self.link.key("record", entry.key)], args=args, client=c))
 
-    def load_budget(self) -> Iterator[list]:
-        match = glob_escape(self.link.key("budget")) + ":*"
-        for keys in self.link.scan("load the budget entries", match, self.page):
-            for fields in self.link.hgetall_many("load the budget entries", keys):
+    def load_records(self) -> Iterator[Entry]:
+        prefix = self.link.key("record") + ":"
+        for keys in self.link.scan("load the records", glob_escape(prefix) + "*", self.page):
+            for key, fields in zip(keys, self.link.hgetall_many("load the records", keys)):
                 try:
-                    row = dict(fields, cents=int(fields["cents"]), hlc=int(fields["hlc"]))
-                    yield budget_entry(row)
-                except (KeyError, ValueError):
-                    if fields:  # an empty dict expired between SCAN and HGETALL
+                    blob = fields["value"]
+                    value = unpack_value(bytes.fromhex(blob[1:]) if blob else None)
+                    yield Entry("r", key[len(prefix):], int(fields["hlc"]), fields["origin"], value, 0)
+                except (KeyError, ValueError, TypeError):
+                    if fields:  # an empty dict was deleted between SCAN and HGETALL
                         self.bad_rows += 1
-                        log.warning("ignoring a malformed budget hash")
+                        log.warning("ignoring a malformed record hash %s", key[:80])
 
     def close(self) -> None:
         self.link.close()

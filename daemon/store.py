@@ -1,4 +1,4 @@
-"""The durable user record: a ``users`` table in the cluster database.
+"""The durable user record and the apps' records: ``users`` and ``records`` tables in the cluster database.
 
 Only the daemon's worker thread calls these functions (never the event loop),
 and only at boot, on registration and by repair.  Lookups are served from the
@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
+import msgpack
 import sqlite_utils
+
+from logonmesh.daemon.kinds import Entry
 
 BUSY_TIMEOUT_MS = 750  # below the web's 1 s: a locked file says "unavailable" before the web gives up
 T = TypeVar("T")
@@ -45,11 +48,16 @@ class Users(Protocol):
     def restore(self, users: list[dict]) -> int:
         """Write back users the store lost (a Redis without persistence restarted); returns how many."""
 
-    def insert_budget(self, entry: list) -> None:
-        """Store a budget entry (a wire entry of kind "b", version included, so boot reproduces it)."""
+    def save_record(self, entry: Entry) -> None:
+        """Store a record entry (kind "r", tombstones too) unless the store holds a higher version of its key.
 
-    def load_budget(self) -> Iterator[list]:
-        """Every stored budget entry, as wire entries."""
+        The version is stored with it, so a node booting from the store rebuilds
+        the same entry and the same digest; and a write that lost last-writer-wins
+        in the mesh loses it in the store as well, whatever order the writes land in.
+        """
+
+    def load_records(self) -> Iterator[Entry]:
+        """Every stored record entry, tombstones included."""
 
     def close(self) -> None:
         """Release the connection."""
@@ -109,20 +117,26 @@ def ensure_tables(db: sqlite_utils.Database) -> None:
             if "duplicate column" not in str(exc):
                 raise
     db["users"].create_index(["node"], if_not_exists=True)
-    db["budget"].create({"id": str, "username": str, "label": str, "cents": int, "created_at": str,
-                         "hlc": int, "origin": str}, pk="id", if_not_exists=True)
+    db["records"].create({"key": str, "namespace": str, "hlc": int, "origin": str, "value": bytes},
+                         pk="key", not_null={"namespace", "hlc", "origin"}, if_not_exists=True)
 
 
-def budget_row(entry: list) -> dict:
-    _, key, hlc, origin, value, _ = entry
-    return {"id": key, "username": value["user"], "label": value["label"], "cents": value["cents"],
-            "created_at": value["created_at"], "hlc": hlc, "origin": origin}
+def pack_value(value: Any) -> bytes | None:
+    """A record entry's value as stored: msgpack bytes, or None for a tombstone."""
+    return None if value is None else msgpack.packb(value, use_bin_type=True)
 
 
-def budget_entry(row: dict) -> list:
-    value = {"user": row["username"], "label": row["label"], "cents": row["cents"],
-             "created_at": row["created_at"]}
-    return ["b", row["id"], row["hlc"], row["origin"], value, 0]
+def unpack_value(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False)
+
+
+# Last-writer-wins in SQL: a row is replaced only by a strictly higher (hlc, origin).
+SAVE_RECORD_SQL = """
+insert into records (key, namespace, hlc, origin, value) values (?, ?, ?, ?, ?)
+on conflict(key) do update set namespace = excluded.namespace, hlc = excluded.hlc,
+    origin = excluded.origin, value = excluded.value
+where excluded.hlc > records.hlc or (excluded.hlc = records.hlc and excluded.origin > records.origin)
+"""
 
 
 class UserStore:
@@ -153,12 +167,15 @@ class UserStore:
         """
         return 0
 
-    def insert_budget(self, entry: list) -> None:
-        with_retry(lambda: self.db["budget"].insert(budget_row(entry), replace=True))
+    def save_record(self, entry: Entry) -> None:
+        namespace = entry.key.partition("/")[0]
+        # HLCs fit SQLite's signed 64-bit integer until the year 10 000 (wall_ms << 16 < 2**63)
+        args = [entry.key, namespace, entry.hlc, entry.origin, pack_value(entry.value)]
+        with_retry(lambda: self.db.execute(SAVE_RECORD_SQL, args))
 
-    def load_budget(self) -> Iterator[list]:
-        for row in self.db.query("select * from budget"):
-            yield budget_entry(row)
+    def load_records(self) -> Iterator[Entry]:
+        for row in self.db.query("select key, hlc, origin, value from records"):
+            yield Entry("r", row["key"], row["hlc"], row["origin"], unpack_value(row["value"]), 0)
 
     def close(self) -> None:
         self.db.conn.close()

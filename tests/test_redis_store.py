@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from logonmesh.daemon import config
+from logonmesh.daemon.kinds import Entry
 from logonmesh.daemon.store import StoreUnavailable, UsernameTaken, open_users
 from logonmesh.testing import Browser, LocalCluster, eventually, free_port
 from logonmesh.discovery import NodeRow, open_registry
@@ -244,15 +245,35 @@ def test_boot_loads_every_user_in_pages(url: str) -> None:
         store.close()
 
 
-def test_budget_entries_round_trip(url: str) -> None:
-    store = open_users(url)
-    try:
-        entry = ["b", uuid.uuid4().hex, 123456789, "node1",
-                 {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T03:04:05+00:00"}, 0]
-        store.insert_budget(entry)
-        assert list(store.load_budget()) == [entry], "boot must rebuild the same entry, version included"
-    finally:
-        store.close()
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store(request, url: str, tmp_path) -> Iterator:
+    """The durable store on both backends: records must behave the same on each."""
+    store = open_users(str(tmp_path / "cluster.db") if request.param == "sqlite" else url)
+    yield store
+    store.close()
+
+
+def test_records_round_trip_with_their_version(any_store) -> None:
+    entries = [Entry("r", "budget/alice/" + uuid.uuid4().hex, 123456789 << 16, "node1",
+                     {"v": {"user": "alice", "label": "rent", "cents": -120000, "raw": b"\x00\xff"}}, 0),
+               Entry("r", "prefs/glob*[x]?", 5, "node2", {"v": None}, 0),      # a None value is not a tombstone
+               Entry("r", "prefs/gone", 6, "node2", None, 0)]                   # a tombstone is durable too
+    for entry in entries:
+        any_store.save_record(entry)
+    assert sorted(any_store.load_records()) == sorted(entries), "boot must rebuild the same entries"
+
+
+def test_a_stored_record_is_replaced_only_by_a_higher_version(any_store) -> None:
+    """Last-writer-wins in the store too, whatever order two nodes' writes land in."""
+    key = "app/k"
+    newest = Entry("r", key, 2**62 + 7, "n2", {"v": "newest"}, 0)
+    any_store.save_record(newest)
+    any_store.save_record(Entry("r", key, 2**62 + 7, "n1", {"v": "same time, lower origin"}, 0))
+    any_store.save_record(Entry("r", key, 2**62 + 6, "n9", {"v": "older"}, 0))
+    assert list(any_store.load_records()) == [newest]
+    tombstone = Entry("r", key, 2**62 + 8, "n1", None, 0)
+    any_store.save_record(tombstone)
+    assert list(any_store.load_records()) == [tombstone]
 
 
 def test_unreachable_redis_is_one_clear_error() -> None:
