@@ -366,6 +366,23 @@ def test_amounts_are_read_as_people_write_them() -> None:
     assert [money(c) for c in (0, 5, -300, 123456789)] == ["0.00", "0.05", "\u22123.00", "1,234,567.89"]
 
 
+def test_a_users_budget_is_only_the_records_keyed_and_valued_as_theirs() -> None:
+    """Usernames may hold a "/": "alice/x"'s entries share alice's key prefix and must not show on her page."""
+    from logonmesh.web.budget import Refused, check, entries_of
+    mine = {"user": "alice", "label": "Tea", "cents": -300, "created_at": "2026-01-02T00:00:00.000+00:00"}
+    items = [("alice/b2", dict(mine, created_at="2026-01-03T00:00:00.000+00:00")), ("alice/a1", mine),
+             ("alice/x/c3", dict(mine, user="alice/x")),   # another user's, under the same prefix
+             ("alice/d4", dict(mine, user="bob")),          # a value that names someone else
+             ("alice/e5", "not a map"), ("alice/f6", {"user": "alice", "label": "no cents"})]
+    assert [e["id"] for e in entries_of("alice", items)] == ["a1", "b2"]
+    assert [e["id"] for e in entries_of("alice/x", items)] == ["c3"]
+    for label, cents, field in [("", 1, "label"), ("x" * 81, 1, "label"), (" Tea", 1, "label"),
+                                ("Tea", 10**12 + 1, "amount")]:
+        with pytest.raises(Refused) as info:
+            check(label, cents)
+        assert info.value.field == field
+
+
 def test_budget_post_without_a_session_goes_to_the_login(nodes: tuple[Node, Node]) -> None:
     n1, _ = nodes
     b = Browser(n1.url)

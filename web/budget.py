@@ -22,9 +22,9 @@ CENTS_MAX = 10**12
 
 
 class Refused(ValueError):
-    """An entry the demo does not store; ``field`` is the form field to show it beside, or None."""
+    """An entry the demo does not store; ``field`` is the form field to show it beside."""
 
-    def __init__(self, field: str | None, message: str) -> None:
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
 

@@ -67,7 +67,7 @@ def budget_add() -> Response:
     try:
         added = budget_data.add(daemon(), mirror(), username, form.label.data, form.cents)
     except budget_data.Refused as exc:
-        getattr(form, exc.field or "label").errors = [str(exc)]
+        getattr(form, exc.field).errors = [str(exc)]
         return _budget_page(username, form)
     except DaemonError as exc:
         if exc.code not in BUDGET_REFUSALS:
