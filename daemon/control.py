@@ -76,7 +76,8 @@ class Control:
             return self._bad(ident, req_id, "bad_args", problem, code="bad_args" if op in OPS else "unknown_op")
         d.stats[f"ipc_{op}"] += 1
 
-        def reply(result: Any = None, error: str | None = None, code: str = "invalid") -> None:
+        def reply(result: Any = None, error: str | None = None, code: str | None = None) -> None:
+            """Every error names its code (wire.ERROR_CODES); one that forgot is answered as "internal"."""
             d.reply_ipc(ident, req_id, result, error, code if error is not None else None)
 
         try:

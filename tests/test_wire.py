@@ -466,3 +466,15 @@ def test_control_accepts_good_requests(op, args):
        args=st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), MSGPACK_VALUES, max_size=4))
 def test_control_check_never_raises(op, args):
     assert control.check_args(op, args) is None or isinstance(control.check_args(op, args), str)
+
+
+def test_every_error_code_the_daemon_answers_is_a_known_one():
+    """Codes are a closed set: whatever control.py (and the record limits) can answer is in ERROR_CODES."""
+    import re
+    root = Path(__file__).parent.parent / "daemon"
+    source = (root / "control.py").read_text() + (root / "node.py").read_text()
+    used = set(re.findall(r'code="([a-z_]+)"', source))
+    used |= set(re.findall(r'return "([a-z_]+)", ', (root / "kinds.py").read_text()))
+    used |= set(re.findall(r'"(bad_args|unknown_op|bad_request|internal)"', source))
+    assert used and used <= wire.ERROR_CODES, used - wire.ERROR_CODES
+    assert wire.ERROR_CODES - used == set(), "a code nobody answers should not be listed"
