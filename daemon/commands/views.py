@@ -122,7 +122,8 @@ def print_status(st: dict, how: str) -> None:
         ["bus", st["bus"]], ["peer", st["peer"]],
         ["peers up", ", ".join(st["peers_up"]) or "none"],
         ["cache", f"{cache['users']} users, {cache['sessions']} sessions, {cache['tombstones']} tombstones"
-                  + (f", {cache['failure_counts']} failure counts" if "failure_counts" in cache else "")],
+                  + (f", {cache['failure_counts']} failure counts" if "failure_counts" in cache else "")
+                  + (f", {cache['records']} records" if cache.get("records") else "")],
         ["digest", st["digest"][:16]],
         ["partition", "blocks " + ", ".join(st["blocked"]) if st["blocked"] else "none"],
         ["loss", f"{st['loss']:.0%} of incoming bus messages dropped" if st["loss"] else "none"],
