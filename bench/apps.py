@@ -138,11 +138,11 @@ class AskTheDaemon:
         from logonmesh.web.mirror import UNKNOWN
         return UNKNOWN
 
-    def budget(self, username: str):
+    def records(self, namespace: str, prefix: str = ""):
         from logonmesh.web.mirror import UNKNOWN
         return UNKNOWN
 
-    def budget_added(self, entry: dict) -> None:
+    def record_written(self, written: dict) -> None:
         pass
 
     def revoked(self, token: str, expires_ms: int) -> None:

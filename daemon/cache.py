@@ -1,9 +1,8 @@
 """The replicated cache: users, sessions and login-failure counts, merged last-writer-wins.
 
-An entry is ``(hlc, origin, value, expires_ms)`` under a kind: "u" for users,
-keyed by username; "s" for sessions, keyed by token; "t" for login-failure
-counts, keyed by subject and counting node; "b" for budget entries (the demo
-page's data), keyed by entry id.  A value of None is a tombstone.
+An entry is ``(hlc, origin, value, expires_ms)`` under a kind and a key; the
+kinds (users, sessions, login-failure counts, app records) are defined once,
+in ``daemon.kinds``.  A value of None is a tombstone.
 ``merge`` keeps, for each key, the entry with the highest version
 ``(hlc, origin)``, so applying any set of entries in any order, any number of
 times, gives the same cache: the merge is commutative, associative and
@@ -31,18 +30,18 @@ from typing import Any, Iterable, Iterator
 
 from logonmesh.daemon.digest import Digest, bucket_of, entry_hash
 from logonmesh.daemon.hlc import physical, wall_ms
+from logonmesh.daemon.kinds import KINDS as REGISTRY, Entry, split_record_key
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
-WireEntry = list                           # [kind, key, hlc, origin, value, expires_ms]
-KINDS = ("u", "s", "t", "b")
-FEED_KINDS = ("s", "b")  # what the web mirrors: sessions (every page) and budget entries (the demo page)
+KINDS = tuple(REGISTRY)
+FEED_KINDS = tuple(code for code, kind in REGISTRY.items() if kind.mirrored)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def user_entry(user: dict) -> WireEntry:
+def user_entry(user: dict) -> Entry:
     """A user's cache entry, with a version that is a pure function of the stored row.
 
     Users are written once and never change, so every node that loads the same
@@ -51,9 +50,9 @@ def user_entry(user: dict) -> WireEntry:
     id, which is unique (and spelled like a node name).
     """
     created = datetime.fromisoformat(user["created_at"])
-    return ["u", user["username"], physical(int(created.timestamp() * 1000)), user["id"],
-            {"id": user["id"], "username": user["username"], "password_hash": user["password_hash"],
-             "created_at": created_text(int(created.timestamp() * 1000))}, 0]
+    return Entry("u", user["username"], physical(int(created.timestamp() * 1000)), user["id"],
+                 {"id": user["id"], "username": user["username"], "password_hash": user["password_hash"],
+                  "created_at": created_text(int(created.timestamp() * 1000))}, 0)
 
 
 def created_text(ms: int) -> str:
@@ -121,8 +120,8 @@ class Cache:
         # the keys of each digest leaf, per kind, so a repair reads a leaf without scanning
         self._leaf_keys: dict[str, defaultdict[int, set[str]]] = {kind: defaultdict(set) for kind in KINDS}
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
-        self.feed_changes: list[WireEntry] = []  # sessions and budget entries, drained into the web's feed
-        self._budget_of: defaultdict[str, set[str]] = defaultdict(set)  # username -> budget entry ids
+        self.feed_changes: list[Entry] = []  # changes of the mirrored kinds, drained into the web's feed
+        self._namespaces: defaultdict[str, set[str]] = defaultdict(set)  # record namespace -> entry keys
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -134,12 +133,12 @@ class Cache:
     def has(self, kind: str, key: str) -> bool:
         return key in self.kinds[kind]
 
-    def merge(self, entries: Iterable[WireEntry], now: int | None = None) -> list[WireEntry]:
+    def merge(self, entries: Iterable[Entry | list], now: int | None = None) -> list[Entry]:
         """Apply entries; return those that changed the cache (what is worth publishing)."""
         now = now_ms() if now is None else now
-        return [entry for entry in entries if self.apply(entry, now)]
+        return [Entry(*entry) for entry in entries if self.apply(entry, now)]
 
-    def apply(self, entry: WireEntry, now: int) -> bool:
+    def apply(self, entry: Entry | list, now: int) -> bool:
         kind, key, hlc, origin, value, expires = entry
         if expires and expires <= now:
             return False
@@ -161,23 +160,18 @@ class Cache:
             table[key] = (hlc, origin, value, expires)
         if expires:
             heapq.heappush(self._expiry, (expires, kind, key))
-        if kind == "b":
-            self._index_budget(key, old, value)
+        if kind == "r" and old is None:
+            self._namespaces[split_record_key(key)[0]].add(key)
         if kind in FEED_KINDS:
-            self.feed_changes.append(entry)
+            self.feed_changes.append(Entry(*entry))
         return True
 
-    def _index_budget(self, key: str, old: Item | None, value: dict | None) -> None:
-        if old is not None and old[2] is not None:
-            self._budget_of[old[2]["user"]].discard(key)
-        if value is not None:
-            self._budget_of[value["user"]].add(key)
-
-    def budget_of(self, username: str) -> list[WireEntry]:
-        """A user's budget entries, oldest first."""
-        table = self.kinds["b"]
-        found = [["b", key, *table[key]] for key in self._budget_of.get(username, ())]
-        return sorted(found, key=lambda e: (e[4]["created_at"], e[1]))
+    def records(self, namespace: str, prefix: str = "") -> list[Entry]:
+        """The records of a namespace whose own key starts with prefix, tombstones included, by key."""
+        start = f"{namespace}/{prefix}"
+        table = self.kinds["r"]
+        keys = sorted(k for k in self._namespaces.get(namespace, ()) if k.startswith(start))
+        return [Entry("r", key, *table[key]) for key in keys]
 
     def load_users(self, users: Iterable[dict]) -> int:
         """Boot: take every stored user, faster than merge (no comparisons, no lists)."""
@@ -211,18 +205,20 @@ class Cache:
             if item is None or item[3] != expires:
                 continue  # superseded by a later version with another expiry
             del table[key]
+            if kind == "r":
+                self._namespaces[split_record_key(key)[0]].discard(key)
             bucket = bucket_of(kind, key)
             self.digest.toggle(bucket, entry_hash(kind, key, item[0], item[1]))
             self._leaf_keys[kind][bucket].discard(key)
             purged += 1
         return purged
 
-    def entries(self, kind: str | None = None) -> Iterator[WireEntry]:
+    def entries(self, kind: str | None = None) -> Iterator[Entry]:
         for k in (kind,) if kind else KINDS:
             for key, item in self.kinds[k].items():
-                yield [k, key, *_expand(k, key, item)]
+                yield Entry(k, key, *_expand(k, key, item))
 
-    def in_leaves(self, leaves: Iterable[int]) -> Iterator[WireEntry]:
+    def in_leaves(self, leaves: Iterable[int]) -> Iterator[Entry]:
         """The entries of some digest leaves, full values included."""
         for kind, key, _, _ in self.versions_in(leaves):
             yield self.entry(kind, key)
@@ -243,8 +239,8 @@ class Cache:
         """A copy of the users table as stored: cheap on the loop, expanded elsewhere by ``expand_users``."""
         return list(self.kinds["u"].items())
 
-    def entry(self, kind: str, key: str) -> WireEntry:
-        return [kind, key, *_expand(kind, key, self.kinds[kind][key])]
+    def entry(self, kind: str, key: str) -> Entry:
+        return Entry(kind, key, *_expand(kind, key, self.kinds[kind][key]))
 
     def leaf_size(self, leaf: int) -> int:
         return sum(len(keys.get(leaf, ())) for keys in self._leaf_keys.values())
@@ -252,5 +248,6 @@ class Cache:
     def counts(self) -> dict[str, int]:
         sessions = self.kinds["s"].values()
         tombstones = sum(1 for item in sessions if item[2] is None)
+        records = sum(1 for item in self.kinds["r"].values() if item[2] is not None)
         return {"users": len(self.kinds["u"]), "sessions": len(self.kinds["s"]) - tombstones,
-                "failure_counts": len(self.kinds["t"]), "tombstones": tombstones}
+                "failure_counts": len(self.kinds["t"]), "tombstones": tombstones, "records": records}

@@ -28,7 +28,14 @@ class DaemonUnavailable(ConnectionError):
 
 
 class DaemonError(RuntimeError):
-    """The daemon answered with an error (for example "taken")."""
+    """The daemon answered with an error: ``code`` is stable (``wire.ERROR_CODES``), the message is for people.
+
+    Switch on ``code``, never on ``str(exc)``.
+    """
+
+    def __init__(self, message: str, code: str = "internal") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DaemonClient:
@@ -73,7 +80,7 @@ class DaemonClient:
             if env.type != "rep" or env.payload["id"] not in (req_id, 0):
                 continue  # a late answer to an earlier, timed-out request
             if not env.payload["ok"]:
-                raise DaemonError(env.payload["error"])
+                raise DaemonError(env.payload["error"] or "error", env.payload["code"] or "internal")
             return env.payload["result"]
         self._reset()
         raise DaemonUnavailable(f"the daemon did not answer within {timeout_ms} ms")

@@ -1,10 +1,12 @@
 """The local control protocol: what the web process and the CLI may ask a daemon over ipc.
 
 Each request is a signed ``req`` envelope ``{id, op, args}``; each answer a
-``rep`` envelope ``{id, ok, result, error}``.  A frame that fails to decode,
-an unknown op or bad arguments get an error reply, never a crash.  Handlers
-run on the event loop, so they only touch memory; registration, the one op
-that writes to the database, hands its insert to the worker thread.
+``rep`` envelope ``{id, ok, result, error, code}``.  A frame that fails to
+decode, an unknown op or bad arguments get an error reply, never a crash.
+Every error reply carries a stable ``code`` (``wire.ERROR_CODES``) beside its
+message, so clients switch on the code and the message can be reworded.
+Handlers run on the event loop, so they only touch memory; the ops that write
+to the database (registration, records) hand their write to the worker thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import user_entry
+from logonmesh.daemon.kinds import KINDS, Entry, record_key, record_problem, split_record_key, stored_record
 
 if TYPE_CHECKING:
     from logonmesh.daemon.node import Daemon
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Reply = Callable[..., None]
+STORE_DOWN = "the user store is unavailable"
 
 # op -> {arg: type}; every arg is required and no other is accepted.
 OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -35,8 +39,10 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "session_resolve": {"token": str},
     "session_revoke": {"token": str},
     "sessions_snapshot": {},
-    "budget_add": {"username": str, "label": str, "cents": int},
-    "budget_list": {"username": str},
+    "record_put": {"namespace": str, "key": str, "value": object},
+    "record_get": {"namespace": str, "key": str},
+    "record_delete": {"namespace": str, "key": str},
+    "record_items": {"namespace": str, "prefix": str},
     "status": {},
     "peers": {},
     "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
@@ -67,24 +73,25 @@ class Control:
         req_id, op, args = env.payload["id"], env.payload["op"], env.payload["args"]
         problem = check_args(op, args)
         if problem:
-            return self._bad(ident, req_id, "bad_args", problem)
+            return self._bad(ident, req_id, "bad_args", problem, code="bad_args" if op in OPS else "unknown_op")
         d.stats[f"ipc_{op}"] += 1
 
-        def reply(result: Any = None, error: str | None = None) -> None:
-            d.reply_ipc(ident, req_id, result, error)
+        def reply(result: Any = None, error: str | None = None, code: str | None = None) -> None:
+            """Every error names its code (wire.ERROR_CODES); one that forgot is answered as "internal"."""
+            d.reply_ipc(ident, req_id, result, error, code if error is not None else None)
 
         try:
             getattr(self, f"op_{op}")(reply, **args)
         except Exception:  # a bug in one handler must not take the node down
             d.stats["ipc_errors"] += 1
             log.exception("ipc op %s failed", op)
-            reply(error="internal error (logged by the daemon)")
+            reply(error="internal error (logged by the daemon)", code="internal")
 
-    def _bad(self, ident: bytes, req_id: int, reason: str, detail: str) -> None:
+    def _bad(self, ident: bytes, req_id: int, reason: str, detail: str, code: str = "bad_request") -> None:
         """A request we cannot serve gets an error reply, a count, and now and then a log line."""
         self.d.stats["ipc_bad_request"] += 1
         self.d.refusals.refuse("ipc socket", reason, detail=detail)
-        self.d.reply_ipc(ident, req_id, error=f"bad request: {detail}")
+        self.d.reply_ipc(ident, req_id, error=f"bad request: {detail}", code=code)
 
     # ---- users ----------------------------------------------------------
 
@@ -94,20 +101,20 @@ class Control:
     def op_register(self, reply: Reply, username: str, password_hash: str) -> None:
         d = self.d
         if not 0 < len(username) <= 256:  # what wire.check_entry lets a key be: peers refuse the rest
-            return reply(error="a username is 1 to 256 characters")
+            return reply(error="a username is 1 to 256 characters", code="invalid")
         if d.cache.has("u", username):
-            return reply(error="taken")
+            return reply(error="taken", code="taken")
         user = {"id": uuid.uuid4().hex, "username": username, "password_hash": password_hash,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
         def inserted(_: None, error: BaseException | None) -> None:
             from logonmesh.discovery import UsernameTaken
             if isinstance(error, UsernameTaken):
-                return reply(error="taken")
+                return reply(error="taken", code="taken")
             if error is not None:
                 d.stats["store_errors"] += 1
                 log.warning("registering %r failed: %s", username, error)
-                return reply(error="the user store is unavailable")
+                return reply(error=STORE_DOWN, code="store_unavailable")
             entry = user_entry(user)
             d.cache.merge([entry])
             d.publish_entries([entry])
@@ -125,7 +132,7 @@ class Control:
         d = self.d
         item = d.cache.get("u", username)
         if item is None:
-            return reply(error="no such user")
+            return reply(error="no such user", code="no_such_user")
         token = secrets.token_urlsafe(32)  # 256 bits
         expires = d.now() + d.settings.session_ttl_s * 1000
         d.write("s", token, {"uid": item[2]["id"], "user": username}, expires)
@@ -141,49 +148,62 @@ class Control:
         """Replace the session with a tombstone that lives as long as the session could have."""
         d = self.d
         if not 0 < len(token) <= 256:  # no session has such a key, and peers would refuse its tombstone
-            return reply(error="a token is 1 to 256 characters")
+            return reply(error="a token is 1 to 256 characters", code="invalid")
         item = d.cache.get("s", token)
         expires = item[3] if item else d.now() + d.settings.session_ttl_s * 1000
         d.write("s", token, None, expires)
         reply({"expires": expires})
 
     def op_sessions_snapshot(self, reply: Reply) -> None:
-        """Every session, tombstone and budget entry, stamped with the session feed's sequence number."""
+        """Every entry of the mirrored kinds (sessions, records), stamped with the feed's sequence number."""
         d = self.d
         d.flush_feed()  # so the stamp covers everything in the snapshot
-        entries = [*d.cache.entries("s"), *d.cache.entries("b")]
+        entries = [entry for code, kind in KINDS.items() if kind.mirrored for entry in d.cache.entries(code)]
         reply({"seq": d.feed.seq, "incarnation": d.feed.codec.incarnation, "entries": entries})
 
-    # ---- the demo page's budget entries ---------------------------------------
+    # ---- records: an app's small values under a namespace and a key --------------
 
-    def op_budget_add(self, reply: Reply, username: str, label: str, cents: int) -> None:
-        """Store the entry durably (worker thread), then apply and publish it like any merge."""
+    def op_record_put(self, reply: Reply, namespace: str, key: str, value: Any) -> None:
+        """Store the record durably (worker thread), then apply and publish it like any merge."""
+        problem = record_problem(namespace, key, value)
+        if problem:
+            return reply(error=problem[1], code=problem[0])
+        self._write_record(reply, namespace, key, {"v": value})
+
+    def op_record_delete(self, reply: Reply, namespace: str, key: str) -> None:
+        """A tombstone, durable like a value, so a restart or a repair cannot bring the record back."""
+        problem = record_problem(namespace, key)
+        if problem:
+            return reply(error=problem[1], code=problem[0])
+        self._write_record(reply, namespace, key, None)
+
+    def _write_record(self, reply: Reply, namespace: str, key: str, value: dict | None) -> None:
         d = self.d
-        if not d.cache.has("u", username):
-            return reply(error="no such user")
-        if not (0 < len(label) <= 80 and label.isprintable() and label == label.strip()):
-            return reply(error="a label is 1 to 80 printable characters")
-        if abs(cents) > 10**12:
-            return reply(error="that amount is too large")
-        value = {"user": username, "label": label, "cents": cents,
-                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        entry = ["b", uuid.uuid4().hex, d.hlc.now(), d.name, value, 0]
+        entry = Entry("r", record_key(namespace, key), d.hlc.now(), d.name, value, 0)
 
         def stored(_: None, error: BaseException | None) -> None:
             if error is not None:
                 d.stats["store_errors"] += 1
-                log.warning("storing a budget entry failed: %s", error)
-                return reply(error="the user store is unavailable")
+                log.warning("storing record %s failed: %s", entry.key[:80], error)
+                return reply(error=STORE_DOWN, code="store_unavailable")
             d.cache.merge([entry])
             d.publish_entries([entry])
-            reply({"id": entry[1], **value})
+            reply(_record_view(entry))
 
-        d.worker.submit(lambda res: res.store.insert_budget(entry), stored)
+        d.worker.submit(lambda res: res.store.save_record(stored_record(entry)), stored)
 
-    def op_budget_list(self, reply: Reply, username: str) -> None:
-        entries = [{"id": key, **value} for _, key, _, _, value, _ in self.d.cache.budget_of(username)
-                   if value is not None]
-        reply({"entries": entries, "total_cents": sum(e["cents"] for e in entries)})
+    def op_record_get(self, reply: Reply, namespace: str, key: str) -> None:
+        """The record, or None when there is none (or it was deleted)."""
+        item = self.d.cache.get("r", record_key(namespace, key))
+        reply(None if item is None or item[2] is None else _record_view(Entry("r", record_key(namespace, key), *item)))
+
+    def op_record_items(self, reply: Reply, namespace: str, prefix: str) -> None:
+        """The live records of a namespace whose key starts with prefix, ordered by key."""
+        problem = record_problem(namespace, "x")
+        if problem:
+            return reply(error=problem[1], code=problem[0])
+        items = [_record_view(e) for e in self.d.cache.records(namespace, prefix) if e.value is not None]
+        reply({"namespace": namespace, "items": items})
 
     # ---- inspection and fault injection ---------------------------------
 
@@ -208,12 +228,14 @@ class Control:
                "peers": [p.view(root) for p in sorted(d.membership.peers.values(), key=lambda p: p.name)]})
 
     def op_cache(self, reply: Reply, user: str | None, sessions: bool, limit: int) -> None:
+        """Redacted rows of every kind but sessions, or of sessions only (``sessions``)."""
         d = self.d
         rows = []
-        for kind, key, hlc, origin, value, expires in d.cache.entries():
-            if (kind == "s") != sessions or (user is not None and _owner(kind, key, value) != user):
+        for entry in d.cache.entries():
+            kind = KINDS[entry.kind]
+            if (entry.kind == "s") != sessions or (user is not None and kind.owner(entry.key, entry.value) != user):
                 continue
-            rows.append(_redacted(kind, key, hlc, origin, value, expires))
+            rows.append(kind.redacted(entry))
             if len(rows) >= limit:
                 break
         reply({"node": d.name, "entries": rows})
@@ -286,12 +308,13 @@ class Control:
         """The propagation trace (``--trace``): publish and apply times per username since the last call."""
         trace = self.d.trace
         if trace is None:
-            return reply(error="tracing is off (start the daemon with --trace / LOGONMESH_TRACE=1)")
+            return reply(error="tracing is off (start the daemon with --trace / LOGONMESH_TRACE=1)",
+                         code="not_enabled")
         reply({"node": self.d.name, **trace.take()})
 
     def op_lossy(self, reply: Reply, fraction: float) -> None:
         if not 0.0 <= fraction <= 1.0:
-            return reply(error="fraction must be between 0 and 1")
+            return reply(error="fraction must be between 0 and 1", code="invalid")
         self.d.loss = fraction
         reply({"loss": fraction})
 
@@ -313,21 +336,8 @@ def _subjects(subjects: list) -> list[str]:
     return [s for s in subjects[:16] if isinstance(s, str) and 0 < len(s) <= 200]
 
 
-def _owner(kind: str, key: str, value: dict | None) -> str | None:
-    if kind == "u":
-        return key
-    if kind == "t":  # "<subject>@<node>"
-        return key.rsplit("@", 1)[0]
-    return value["user"] if value else None
-
-
-def _redacted(kind: str, key: str, hlc: int, origin: str, value: dict | None, expires: int) -> dict:
-    """Never a password hash, never a whole session token."""
-    row = {"kind": kind, "hlc": hlc, "origin": origin, "expires": expires, "tombstone": value is None}
-    if kind == "u":
-        row.update(key=key, id=value["id"] if value else None, created_at=value["created_at"] if value else None)
-    elif kind == "t":
-        row.update(key=key, failures=value["n"] if value else None)
-    else:
-        row.update(key=key[:8] + "…", user=value["user"] if value else None)
-    return row
+def _record_view(entry: Entry) -> dict:
+    """A record as the ipc ops answer it: its namespace, key, value and version."""
+    namespace, key = split_record_key(entry.key)
+    return {"namespace": namespace, "key": key, "value": entry.value["v"] if entry.value else None,
+            "deleted": entry.value is None, "hlc": entry.hlc, "origin": entry.origin}

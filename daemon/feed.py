@@ -1,4 +1,7 @@
-"""The session feed: every session change, pushed to the node's own web process over ipc.
+"""The session feed: every change of a mirrored kind, pushed to the node's own web process over ipc.
+
+Which kinds the web mirrors (sessions, app records) is said by ``daemon.kinds``
+(``Kind.mirrored``); the cache collects their changes and this feed sends them.
 
 Checking a session with a round trip to the daemon costs a waitress thread
 ~100-170 µs of CPU per request.  Instead the web keeps a mirror of the
@@ -20,6 +23,7 @@ import os
 import zmq
 
 from logonmesh.daemon import wire
+from logonmesh.daemon.kinds import Entry
 
 FEED_HWM = 100_000
 
@@ -49,7 +53,7 @@ class SessionFeed:
         """The sequence number of the last message sent: a snapshot taken now is current as of it."""
         return self.codec.seq
 
-    def publish(self, entries: list[list]) -> None:
+    def publish(self, entries: list[Entry]) -> None:
         if entries:
             self._send("sessions", {"entries": entries})
 

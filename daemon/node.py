@@ -23,6 +23,7 @@ import zmq
 from logonmesh.daemon import wire
 from logonmesh.daemon.bus import Bus, advertised
 from logonmesh.daemon.cache import Cache, expand_users, now_ms, user_entry
+from logonmesh.daemon.kinds import Entry, record_entry
 from logonmesh.daemon.control import Control
 from logonmesh.daemon.curve import Curve
 from logonmesh.daemon.guard import Refusals, ReplayWindow
@@ -110,7 +111,7 @@ class Daemon:
             res = self._resources()
             try:
                 self.cache.load_users(res.store.load())
-                self.cache.merge(list(res.store.load_budget()))
+                self.cache.merge([record_entry(r) for r in res.store.load_records()])
                 self._bind()
                 res.registry.announce(self._row())
                 self._on_rows(res.registry.peers())
@@ -245,7 +246,7 @@ class Daemon:
         self.flush_feed()
 
     def flush_feed(self) -> None:
-        """Whatever the last handler changed in sessions and budgets goes to the web's mirror, in one message."""
+        """Whatever the last handler changed in the mirrored kinds goes to the web's mirror, in one message."""
         changes = self.cache.feed_changes
         if changes:
             self.cache.feed_changes = []
@@ -606,17 +607,19 @@ class Daemon:
 
     # ---- helpers for control -------------------------------------------
 
-    def reply_ipc(self, ident: bytes, req_id: int, result=None, error: str | None = None) -> None:
-        frame = self.direct_codec.encode("rep", {"id": req_id, "ok": error is None,
-                                                 "result": result, "error": error})
+    def reply_ipc(self, ident: bytes, req_id: int, result=None, error: str | None = None,
+                  code: str | None = None) -> None:
+        """An error reply carries a stable code (wire.ERROR_CODES) beside its message."""
+        frame = self.direct_codec.encode("rep", {"id": req_id, "ok": error is None, "result": result,
+                                                 "error": error, "code": (code or "internal") if error else None})
         try:
             self.ipc.send_multipart([ident, frame], zmq.NOBLOCK)
         except zmq.Again:
             self.stats["drop_ipc_unreachable"] += 1
 
-    def write(self, kind: str, key: str, value: dict | None, expires: int) -> list:
+    def write(self, kind: str, key: str, value: dict | None, expires: int) -> Entry:
         """Stamp a local change, apply it and publish it."""
-        entry = [kind, key, self.hlc.now(), self.name, value, expires]
+        entry = Entry(kind, key, self.hlc.now(), self.name, value, expires)
         self.cache.merge([entry])
         self.publish_entries([entry])
         return entry

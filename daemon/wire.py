@@ -26,23 +26,30 @@ from typing import Any
 import msgpack
 
 from logonmesh.daemon.config import NAME_RE
+from logonmesh.daemon.kinds import KINDS, Entry
 
-VERSION = 1
+VERSION = 2
 MAC_SIZE = 32
 SHORT_HASH = 8  # bytes of an entry hash that a repair uses to name an entry
 MAX_SEQ = 2**64 - 1
 
-# An entry of the replicated cache: [kind, key, hlc, origin, value, expires_ms].
-# kind "u" (user, key = username) or "s" (session, key = token); value None is a tombstone.
-# kind "t" (login failures) is keyed "<subject>@<node>": each node counts its own, the cluster sums.
-# kind "b" (a budget entry of the demo page) is keyed by the entry's id.
-ENTRY_KINDS = ("u", "s", "t", "b")
-VALUE_SCHEMA: dict[str, dict[str, type]] = {
-    "u": {"id": str, "username": str, "password_hash": str, "created_at": str},
-    "s": {"uid": str, "user": str},
-    "t": {"n": int},
-    "b": {"user": str, "label": str, "cents": int, "created_at": str},
-}
+# Entries and their kinds are defined in daemon/kinds.py; these names are the wire's view of it.
+ENTRY_KINDS = tuple(KINDS)
+VALUE_SCHEMA: dict[str, dict[str, type]] = {code: dict(kind.schema) for code, kind in KINDS.items()}
+
+# The stable codes of an ipc error reply (``rep.code``): clients switch on these, never on the message.
+ERROR_CODES = frozenset({
+    "taken",              # register: the username exists
+    "no_such_user",       # session_create: the user is unknown here
+    "invalid",            # an argument has the right type but a value the op refuses
+    "too_large",          # a record value over its limit
+    "store_unavailable",  # the durable store cannot be reached or refused the write
+    "unknown_op",         # no such op
+    "bad_args",           # wrong argument names or types
+    "bad_request",        # the request frame itself was refused (signature, schema, socket)
+    "not_enabled",        # the op needs a feature this daemon runs without (trace)
+    "internal",           # a bug in the daemon, logged there
+})
 
 # Which types may arrive where; anything else is refused as "wrong_socket".
 BUS_TYPES = frozenset({"hb", "merge"})
@@ -71,7 +78,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tick": {},
     # ipc socket (client -> daemon and back)
     "req": {"id": int, "op": str, "args": dict},
-    "rep": {"id": int, "ok": bool, "result": (dict, list, type(None)), "error": (str, type(None))},
+    "rep": {"id": int, "ok": bool, "result": (dict, list, type(None)), "error": (str, type(None)),
+            "code": (str, type(None))},
     # monitor feed (daemon XPUB over ipc -> `logonmesh monitor`): one zmq socket event
     "mon": {"socket": str, "event": str, "endpoint": str, "value": int, "t": float},
 }
@@ -166,8 +174,7 @@ def _check_payload(type_: str, payload: Any) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise WireError("schema", f"{type_}.{name} has type {type(value).__name__}")
     if schema.get("entries") is list:
-        for entry in payload["entries"]:
-            check_entry(entry)
+        payload["entries"] = [check_entry(entry) for entry in payload["entries"]]
     for name in ("hashes", "want"):
         if isinstance(payload.get(name), bytes) and len(payload[name]) % SHORT_HASH:
             raise WireError("schema", f"{type_}.{name} is not a whole number of hashes")
@@ -176,26 +183,30 @@ def _check_payload(type_: str, payload: Any) -> None:
             raise WireError("schema", f"{type_}.{name} holds a bad index")
 
 
-def check_entry(entry: Any) -> None:
-    """An entry is [kind, key, hlc, origin, value-or-None, expires_ms]."""
-    if not isinstance(entry, list) or len(entry) != 6:
+def check_entry(entry: Any) -> Entry:
+    """Validate ``[kind, key, hlc, origin, value-or-None, expires_ms]`` by its kind's rules; return it typed."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 6:
         raise WireError("schema", "entry is not a 6-item array")
-    kind, key, hlc_, origin, value, expires = entry
-    if kind not in ENTRY_KINDS or not isinstance(key, str) or not key or len(key) > 256:
+    kind_code, key, hlc_, origin, value, expires = entry
+    kind = KINDS.get(kind_code) if isinstance(kind_code, str) else None
+    if kind is None or not isinstance(key, str) or not kind.key_ok(key):
         raise WireError("schema", "bad entry kind or key")
     if not _uint(hlc_):
         raise WireError("schema", "bad entry version")
     if not isinstance(origin, str) or not NAME_RE.match(origin):
         raise WireError("schema", "bad entry origin")
-    if value is not None:
-        schema = VALUE_SCHEMA[kind]
-        if not isinstance(value, dict) or value.keys() != schema.keys() or not all(
-                isinstance(value[k], t) for k, t in schema.items()):
-            raise WireError("schema", f"bad {kind} entry value")
-        if kind == "u" and (value["id"] != origin or value["username"] != key):
-            raise WireError("schema", "a user entry's origin is its id and its key its username")
     if not _uint(expires):
         raise WireError("schema", "bad entry expiry")
+    typed = Entry(kind_code, key, hlc_, origin, value, expires)
+    if value is not None:
+        schema = kind.schema
+        if not isinstance(value, dict) or value.keys() != schema.keys() or not all(
+                isinstance(value[k], t) and not (t is int and isinstance(value[k], bool)) for k, t in schema.items()):
+            raise WireError("schema", f"bad {kind_code} entry value")
+        problem = kind.value_problem(typed)
+        if problem:
+            raise WireError("schema", problem)
+    return typed
 
 
 def _uint(value: Any) -> bool:

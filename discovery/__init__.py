@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Iterator, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")  # a node's name: in rows, in frames, in file names
 BACKENDS = {"sqlite": "logonmesh.discovery.sqlite", "redis": "logonmesh.discovery.redis",
@@ -38,6 +38,17 @@ class NodeRow:
     incarnation: int
     started_at: float
     heartbeat_at: float
+
+
+class StoredRecord(NamedTuple):
+    """An app record as the store keeps it, its version with it, so a node that boots from the store
+    rebuilds the same cache entry (and the same digest).  ``key`` is ``<namespace>/<key>``; a value of
+    None is a deletion, kept so that an older copy cannot come back."""
+
+    key: str
+    hlc: int
+    origin: str
+    value: Any
 
 
 class UsernameTaken(Exception):
@@ -75,7 +86,7 @@ class Registry(Protocol):
 
 
 class Store(Protocol):
-    """The durable record (users, budget entries), whatever holds it."""
+    """The durable record (users, the apps' records), whatever holds it."""
 
     def insert(self, user: dict, node: str) -> None:
         """Store a new user atomically, noting which node wrote it; raise UsernameTaken if the name exists."""
@@ -89,11 +100,15 @@ class Store(Protocol):
     def restore(self, users: list[dict]) -> int:
         """Write back users the store lost (a Redis without persistence restarted); returns how many."""
 
-    def insert_budget(self, entry: list) -> None:
-        """Store a budget entry (a wire entry of kind "b", version included, so boot reproduces it)."""
+    def save_record(self, record: StoredRecord) -> None:
+        """Store a record (deletions too) unless the store holds a higher (hlc, origin) of its key.
 
-    def load_budget(self) -> Iterator[list]:
-        """Every stored budget entry, as wire entries."""
+        A write that lost last-writer-wins in the mesh loses it in the store as
+        well, whatever order the writes land in.
+        """
+
+    def load_records(self) -> Iterator[StoredRecord]:
+        """Every stored record, deletions included."""
 
     def close(self) -> None:
         """Release the connection."""

@@ -21,7 +21,8 @@ queued behind a heartbeat must not wait for a dead server's timeouts.
 
 * ``<prefix>:user:<username>``: the durable record of a user, a hash of id,
   username, password_hash and created_at; ``<prefix>:by-node:<name>`` the set
-  of usernames a node wrote; ``<prefix>:budget:<id>`` one budget entry.
+  of usernames a node wrote; ``<prefix>:record:<namespace>/<key>`` one app record, its
+  version and its packed value (see ``SAVE_RECORD_LUA``).
 
 The key is the username, so uniqueness is the key's existence: a Lua script checks and writes in one step, and two nodes
 racing for one name (even on two sides of a mesh partition, as long as both
@@ -47,8 +48,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from logonmesh.discovery import NAME_RE, NodeRow, StoreUnavailable, UsernameTaken
-from logonmesh.discovery.sqlite import budget_entry, budget_row
+from logonmesh.discovery import NAME_RE, NodeRow, StoredRecord, StoreUnavailable, UsernameTaken
+from logonmesh.discovery.sqlite import pack_value, unpack_value
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -338,6 +339,17 @@ end
 return 1
 """
 
+# Last-writer-wins in one step: replace the record only with a strictly higher (hlc, origin).  An HLC
+# exceeds a Lua number's 53 bits, so it is compared as a zero-padded 20-digit string.
+SAVE_RECORD_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'hlc', 'origin')
+if cur[1] and (cur[1] > ARGV[1] or (cur[1] == ARGV[1] and cur[2] >= ARGV[2])) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'hlc', ARGV[1], 'origin', ARGV[2], 'value', ARGV[3])
+return 1
+"""
+
 
 class RedisStore:
     """The Store protocol on Redis, for one thread (redis-py clients are thread-safe, but one per thread is simplest)."""
@@ -347,6 +359,7 @@ class RedisStore:
         self.page = page
         self.bad_rows = 0
         self._insert = self.link.client.register_script(INSERT_LUA)
+        self._save_record = self.link.client.register_script(SAVE_RECORD_LUA)
 
     def _key(self, username: str) -> str:
         return self.link.key("user", username)
@@ -406,23 +419,25 @@ class RedisStore:
             restored += sum(1 for r in self.link.call("restore users", run) if r == 1)
         return restored
 
-    def insert_budget(self, entry: list) -> None:
-        """One hash per budget entry, its version included, so a node booting from Redis rebuilds the same entry."""
-        row = budget_row(entry)
-        self.link.call("store a budget entry", lambda c: c.hset(
-            self.link.key("budget", row["id"]), mapping={k: str(v) for k, v in row.items()}))
+    def save_record(self, record: StoredRecord) -> None:
+        """One hash per record, its version included; the value as hex (the client decodes replies as text)."""
+        packed = pack_value(record.value)
+        args = [f"{record.hlc:020d}", record.origin, "" if packed is None else "x" + packed.hex()]
+        self.link.call("store a record", lambda c: self._save_record(
+            keys=[self.link.key("record", record.key)], args=args, client=c))
 
-    def load_budget(self) -> Iterator[list]:
-        match = glob_escape(self.link.key("budget")) + ":*"
-        for keys in self.link.scan("load the budget entries", match, self.page):
-            for fields in self.link.hgetall_many("load the budget entries", keys):
+    def load_records(self) -> Iterator[StoredRecord]:
+        prefix = self.link.key("record") + ":"
+        for keys in self.link.scan("load the records", glob_escape(prefix) + "*", self.page):
+            for key, fields in zip(keys, self.link.hgetall_many("load the records", keys)):
                 try:
-                    row = dict(fields, cents=int(fields["cents"]), hlc=int(fields["hlc"]))
-                    yield budget_entry(row)
-                except (KeyError, ValueError):
-                    if fields:  # an empty dict expired between SCAN and HGETALL
+                    blob = fields["value"]
+                    value = unpack_value(bytes.fromhex(blob[1:]) if blob else None)
+                    yield StoredRecord(key[len(prefix):], int(fields["hlc"]), fields["origin"], value)
+                except (KeyError, ValueError, TypeError):
+                    if fields:  # an empty dict was deleted between SCAN and HGETALL
                         self.bad_rows += 1
-                        log.warning("ignoring a malformed budget hash")
+                        log.warning("ignoring a malformed record hash %s", key[:80])
 
     def close(self) -> None:
         self.link.close()

@@ -16,11 +16,12 @@ import os
 import sqlite3
 import time
 from dataclasses import asdict
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
+import msgpack
 import sqlite_utils
 
-from logonmesh.discovery import NodeRow, UsernameTaken
+from logonmesh.discovery import NodeRow, StoredRecord, UsernameTaken
 
 BUSY_TIMEOUT_MS = 750  # below the web's 1 s: a locked file says "unavailable" before the web gives up
 RETRY_S = 3.0
@@ -86,24 +87,30 @@ def ensure_tables(db: sqlite_utils.Database) -> None:
             if "duplicate column" not in str(exc):
                 raise
     db["users"].create_index(["node"], if_not_exists=True)
-    db["budget"].create({"id": str, "username": str, "label": str, "cents": int, "created_at": str,
-                         "hlc": int, "origin": str}, pk="id", if_not_exists=True)
+    db["records"].create({"key": str, "namespace": str, "hlc": int, "origin": str, "value": bytes},
+                         pk="key", not_null={"namespace", "hlc", "origin"}, if_not_exists=True)
 
 
-def budget_row(entry: list) -> dict:
-    _, key, hlc, origin, value, _ = entry
-    return {"id": key, "username": value["user"], "label": value["label"], "cents": value["cents"],
-            "created_at": value["created_at"], "hlc": hlc, "origin": origin}
+def pack_value(value: Any) -> bytes | None:
+    """A record's value as stored: msgpack bytes, or None for a deletion."""
+    return None if value is None else msgpack.packb(value, use_bin_type=True)
 
 
-def budget_entry(row: dict) -> list:
-    value = {"user": row["username"], "label": row["label"], "cents": row["cents"],
-             "created_at": row["created_at"]}
-    return ["b", row["id"], row["hlc"], row["origin"], value, 0]
+def unpack_value(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False)
+
+
+# Last-writer-wins in SQL: a row is replaced only by a strictly higher (hlc, origin).
+SAVE_RECORD_SQL = """
+insert into records (key, namespace, hlc, origin, value) values (?, ?, ?, ?, ?)
+on conflict(key) do update set namespace = excluded.namespace, hlc = excluded.hlc,
+    origin = excluded.origin, value = excluded.value
+where excluded.hlc > records.hlc or (excluded.hlc = records.hlc and excluded.origin > records.origin)
+"""
 
 
 class SqliteStore:
-    """The durable record in the shared file (users and budget tables), for one thread."""
+    """The durable record in the shared file (the users and records tables), for one thread."""
 
     def __init__(self, path: str) -> None:
         self.db = open_db(path)
@@ -130,12 +137,15 @@ class SqliteStore:
         """
         return 0
 
-    def insert_budget(self, entry: list) -> None:
-        with_retry(lambda: self.db["budget"].insert(budget_row(entry), replace=True))
+    def save_record(self, record: StoredRecord) -> None:
+        namespace = record.key.partition("/")[0]
+        # HLCs fit SQLite's signed 64-bit integer until the year 10 000 (wall_ms << 16 < 2**63)
+        args = [record.key, namespace, record.hlc, record.origin, pack_value(record.value)]
+        with_retry(lambda: self.db.execute(SAVE_RECORD_SQL, args))
 
-    def load_budget(self) -> Iterator[list]:
-        for row in self.db.query("select * from budget"):
-            yield budget_entry(row)
+    def load_records(self) -> Iterator[StoredRecord]:
+        for row in self.db.query("select key, hlc, origin, value from records"):
+            yield StoredRecord(row["key"], row["hlc"], row["origin"], unpack_value(row["value"]))
 
     def close(self) -> None:
         self.db.conn.close()

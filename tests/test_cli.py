@@ -174,6 +174,82 @@ def test_cache_and_tap_show_login_failure_counts(cluster):
     assert [(e["kind"], e["key"], e["failures"]) for e in data["entries"]] == [("t", "mallory@n2", 1)]
 
 
+def test_cache_shows_every_entry_it_counts_in_a_section_per_kind(cluster):
+    n1 = cluster.node("n1")
+    n1.call("record_put", namespace="prefs", key="alice/theme", value={"mode": "dark"})
+    n1.call("record_put", namespace="budget", key="zoe/1", value={"cents": 5})
+    n1.call("record_delete", namespace="budget", key="zoe/1")
+    n1.call("failures_add", subjects=["user:zed"], window_s=60)
+    proc = run(cluster, "cache", "--node", "n1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("entries in the cache of node n1")
+    sections = [block.splitlines() for block in "\n".join(lines[1:-1]).split("\n\n")]
+    assert [block[0].split()[0] for block in sections] == ["USER", "LOGIN", "RECORD"]
+    rows = sum(len(block) - 1 for block in sections)
+    assert lines[-1] == f"{rows} entries", "every entry counted is shown"
+    records = {line.split()[0]: line for line in sections[2][1:]}
+    assert '{"mode":"dark"}' in records["prefs/alice/theme"] and "(deleted)" in records["budget/zoe/1"]
+    data = json.loads(run(cluster, "cache", "--node", "n1", "--json").stdout)
+    assert len(data["entries"]) == rows and {e["kind"] for e in data["entries"]} == {"u", "t", "r"}
+    mine = json.loads(run(cluster, "cache", "--node", "n1", "--json", "--user", "alice").stdout)["entries"]
+    assert sorted((e["kind"], e["key"]) for e in mine) == [("r", "prefs/alice/theme"), ("u", "alice")]
+    for out in (proc.stdout, json.dumps(data)):
+        assert "do-not-print-me" not in out
+
+
+def test_tap_names_records_as_records(cluster):
+    tap = Stream(cluster, "tap", "--type", "merge", "--count", "2", "--node", "n2")
+    try:
+        tap.wait_err("listening")
+        n2 = cluster.node("n2")
+        n2.call("record_put", namespace="budget", key="al/9", value={"label": "rent", "cents": -5})
+        n2.call("record_delete", namespace="budget", key="al/9")
+        assert tap.finish() == 0
+        lines, _ = tap.rest()
+    finally:
+        tap.kill()
+    assert lines[0].rstrip().endswith("1 entry: record budget/al/9"), lines[0]
+    assert lines[1].rstrip().endswith("1 entry: record budget/al/9 (deleted)"), lines[1]
+
+
+# ---- records and error codes over ipc --------------------------------------------------
+
+def _code(node, op: str, **args) -> str:
+    from logonmesh.daemon.client import DaemonError
+    with pytest.raises(DaemonError) as info:
+        node.call(op, **args)
+    assert str(info.value), "a message for people beside the code"
+    return info.value.code
+
+
+def test_every_refusal_reaches_the_client_with_its_code(cluster):
+    n1 = cluster.node("n1")
+    assert _code(n1, "register", username="alice", password_hash="x") == "taken"
+    assert _code(n1, "register", username="a" * 257, password_hash="x") == "invalid"
+    assert _code(n1, "session_create", username="nobody-at-all") == "no_such_user"
+    assert _code(n1, "no_such_op") == "unknown_op"
+    assert _code(n1, "user", name="alice") == "bad_args"
+    assert _code(n1, "lossy", fraction=2.0) == "invalid"
+    assert _code(n1, "trace") == "not_enabled"
+    assert n1.status()["stats"].get("ipc_bad_request", 0) >= 2
+
+
+@pytest.mark.parametrize("namespace,key,value,code", [
+    ("Bad Space", "k", 1, "invalid"),
+    ("ns", "k" * 201, 1, "invalid"),
+    ("ns", "", 1, "invalid"),
+    ("ns", "big", "x" * 5000, "too_large"),
+])
+def test_a_record_over_its_limits_is_refused_and_nothing_is_stored(cluster, namespace, key, value, code):
+    n1 = cluster.node("n1")
+    before = n1.status()["cache"]["records"]
+    assert _code(n1, "record_put", namespace=namespace, key=key, value=value) == code
+    assert n1.status()["cache"]["records"] == before
+    if namespace == "ns" and key:
+        assert n1.call("record_get", namespace=namespace, key=key) is None
+
+
 # ---- tap -------------------------------------------------------------------------------
 
 def test_tap_sees_the_merge_of_a_registration_made_while_it_listens(cluster):

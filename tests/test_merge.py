@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import Cache, created_text, user_entry
 from logonmesh.daemon.digest import LEAVES, bucket_of
+from logonmesh.daemon.kinds import Entry
 from logonmesh.daemon.hlc import COUNTER_BITS, HLC, physical, wall_ms
 from logonmesh.daemon.membership import Peer
 from logonmesh.daemon.sync import Repairs
@@ -28,20 +29,19 @@ KEYS = ["alice", "bob", "carol", "dave", "erin"]
 ORIGINS = ["n1", "n2", "n3"]
 
 
-def make_entry(kind: str, key: str, hlc: int, origin: str) -> list:
+def make_entry(kind: str, key: str, hlc: int, origin: str) -> Entry:
     """The one entry a version can name: value, tombstone and expiry are functions of it.
 
-    Kinds: "u" users and "b" budget entries (never expire), "s" sessions and "t" login-failure counts
-    (both expire)."""
+    Kinds: "u" users and "r" app records (never expire), "s" sessions and "t" login-failure counts
+    (both expire).  A record's key gets one of two namespaces, so the namespace index is tested too."""
     if kind == "u":
         # a user's origin is its id and its version its creation time (see user_entry)
         value = None if hlc % 4 == 0 else {"id": origin, "username": key, "password_hash": f"h{hlc}",
                                             "created_at": created_text(wall_ms(hlc))}
-        return ["u", key, hlc, origin, value, 0]
-    if kind == "b":
-        value = None if hlc % 4 == 0 else {"user": f"owner{hlc % 2}", "label": f"item {hlc}", "cents": hlc * 100,
-                                            "created_at": created_text(wall_ms(hlc))}
-        return ["b", key, hlc, origin, value, 0]
+        return Entry("u", key, hlc, origin, value, 0)
+    if kind == "r":
+        value = None if hlc % 4 == 0 else {"v": {"label": f"item {hlc}", "cents": hlc * 100}}
+        return Entry("r", f"ns{len(key) % 2}/{key}", hlc, origin, value, 0)
     if kind == "t":
         value = None if hlc % 5 == 0 else {"n": hlc}
     else:
@@ -50,10 +50,10 @@ def make_entry(kind: str, key: str, hlc: int, origin: str) -> list:
     # an older one of the same key (the daemon's revoke gives a tombstone the session's own expiry),
     # which is what lets a purge forget a key for good.
     expires = NOW + (hlc // 3 - 1) * 1000
-    return [kind, key, hlc, origin, value, expires]
+    return Entry(kind, key, hlc, origin, value, expires)
 
 
-VERSIONS = st.tuples(st.sampled_from("ustb"), st.sampled_from(KEYS), st.integers(1, 12), st.sampled_from(ORIGINS))
+VERSIONS = st.tuples(st.sampled_from("ustr"), st.sampled_from(KEYS), st.integers(1, 12), st.sampled_from(ORIGINS))
 ENTRY = VERSIONS.map(lambda v: make_entry(*v))
 ENTRIES = st.lists(ENTRY, max_size=40)
 
@@ -95,10 +95,11 @@ def contents(cache: Cache) -> dict:
 def test_merge_keeps_the_highest_unexpired_version(entries):
     cache = cache_of(entries)
     assert contents(cache) == model(entries)
-    for owner in ("owner0", "owner1"):  # the per-user budget index follows the winners
-        expected = sorted(key for (kind, key), item in model(entries).items()
-                          if kind == "b" and item[2] is not None and item[2]["user"] == owner)
-        assert sorted(e[1] for e in cache.budget_of(owner) if e[4] is not None) == expected
+    for namespace in ("ns0", "ns1"):  # the namespace index follows the winners, tombstones included
+        expected = sorted(key for (kind, key), _ in model(entries).items()
+                          if kind == "r" and key.startswith(namespace + "/"))
+        assert [e.key for e in cache.records(namespace)] == expected
+        assert [e.key for e in cache.records(namespace, "c")] == [k for k in expected if k.startswith(namespace + "/c")]
 
 
 @given(entries=ENTRIES, data=st.data())
@@ -238,7 +239,7 @@ def test_digest_tree_is_consistent(entries):
     assert sorted(map(tuple, cache.in_leaves(range(LEAVES)))) == sorted(map(tuple, cache.entries()))
     assert sorted(cache.versions_in(range(LEAVES))) == sorted(tuple(e[:4]) for e in cache.entries())
     for kind, key, *_ in cache.entries():
-        assert [kind, key] in [e[:2] for e in cache.in_leaves([bucket_of(kind, key)])]
+        assert (kind, key) in [e[:2] for e in cache.in_leaves([bucket_of(kind, key)])]
 
 
 def test_empty_digest():
@@ -374,7 +375,7 @@ def repair(a: Cache, b: Cache, rounds: int = 20) -> int:
     raise AssertionError("repair did not finish")
 
 
-LIVE_ENTRY = VERSIONS.map(lambda v: make_entry(*v)).map(lambda e: e[:5] + [0 if e[0] == "u" else 2**62])
+LIVE_ENTRY = VERSIONS.map(lambda v: make_entry(*v)).map(lambda e: e._replace(expires=0 if e.kind == "u" else 2**62))
 
 
 @settings(max_examples=60)

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from logonmesh.daemon import config
+from logonmesh.daemon.kinds import Entry, record_entry, stored_record
 from logonmesh.discovery import StoreUnavailable, UsernameTaken, open_store
 from logonmesh.testing import Browser, LocalCluster, eventually, free_port
 from logonmesh.discovery import NodeRow, open_registry
@@ -244,15 +245,35 @@ def test_boot_loads_every_user_in_pages(url: str) -> None:
         store.close()
 
 
-def test_budget_entries_round_trip(url: str) -> None:
-    store = open_store(url)
-    try:
-        entry = ["b", uuid.uuid4().hex, 123456789, "node1",
-                 {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T03:04:05+00:00"}, 0]
-        store.insert_budget(entry)
-        assert list(store.load_budget()) == [entry], "boot must rebuild the same entry, version included"
-    finally:
-        store.close()
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store(request, url: str, tmp_path) -> Iterator:
+    """The durable store on both backends: records must behave the same on each."""
+    store = open_store(str(tmp_path / "cluster.db") if request.param == "sqlite" else url)
+    yield store
+    store.close()
+
+
+def test_records_round_trip_with_their_version(any_store) -> None:
+    entries = [Entry("r", "budget/alice/" + uuid.uuid4().hex, 123456789 << 16, "node1",
+                     {"v": {"user": "alice", "label": "rent", "cents": -120000, "raw": b"\x00\xff"}}, 0),
+               Entry("r", "prefs/glob*[x]?", 5, "node2", {"v": None}, 0),      # a None value is not a tombstone
+               Entry("r", "prefs/gone", 6, "node2", None, 0)]                   # a tombstone is durable too
+    for entry in entries:
+        any_store.save_record(stored_record(entry))
+    assert sorted(map(record_entry, any_store.load_records())) == sorted(entries), "boot must rebuild the same entries"
+
+
+def test_a_stored_record_is_replaced_only_by_a_higher_version(any_store) -> None:
+    """Last-writer-wins in the store too, whatever order two nodes' writes land in."""
+    key = "app/k"
+    newest = Entry("r", key, 2**62 + 7, "n2", {"v": "newest"}, 0)
+    any_store.save_record(stored_record(newest))
+    any_store.save_record(stored_record(Entry("r", key, 2**62 + 7, "n1", {"v": "same time, lower origin"}, 0)))
+    any_store.save_record(stored_record(Entry("r", key, 2**62 + 6, "n9", {"v": "older"}, 0)))
+    assert list(map(record_entry, any_store.load_records())) == [newest]
+    tombstone = Entry("r", key, 2**62 + 8, "n1", None, 0)
+    any_store.save_record(stored_record(tombstone))
+    assert list(map(record_entry, any_store.load_records())) == [tombstone]
 
 
 def test_unreachable_redis_is_one_clear_error() -> None:
@@ -306,3 +327,27 @@ def test_cluster_on_redis_signs_up_and_replicates(url: str) -> None:
 
 def _assert(condition: bool) -> None:
     assert condition
+
+
+# ---- app records across real daemons -------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_record_put_on_one_node_is_read_on_the_other_and_survives_a_restart(url: str, backend: str) -> None:
+    """Replicated by the bus, and durable: with every daemon stopped, a fresh boot reads it from the store."""
+    env = {"LOGONMESH_DB": url} if backend == "redis" else {}
+    with LocalCluster(heartbeat_ms=100, env=env) as cluster:
+        n1, n2 = cluster.start_nodes("node", 2, web=False)
+        put = n1.call("record_put", namespace="notes", key="alice/1", value={"text": "hello", "n": [1, 2]})
+        n1.call("record_put", namespace="notes", key="alice/2", value="doomed")
+        n1.call("record_delete", namespace="notes", key="alice/2")
+        eventually(lambda: _assert(n2.call("record_get", namespace="notes", key="alice/1") == put), timeout=10)
+        eventually(lambda: _assert(n2.call("record_get", namespace="notes", key="alice/2") is None
+                                   and n2.status()["cache"]["records"] == 1), timeout=10)
+        for node in (n1, n2):
+            node.stop()
+        n2.restart()
+        assert n2.call("record_get", namespace="notes", key="alice/1") == put, "rebuilt from the store"
+        assert n2.call("record_items", namespace="notes", prefix="alice/")["items"] == [put]
+        assert n2.call("record_get", namespace="notes", key="alice/2") is None, "the tombstone is durable too"
+        n1.restart()
+        eventually(lambda: _assert(n1.status()["digest"] == n2.status()["digest"]), timeout=10)

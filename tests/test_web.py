@@ -304,6 +304,13 @@ def test_healthz_reports_node_and_peers(nodes: tuple[Node, Node]) -> None:
 
 # ---- the budget demo, the cluster page and the footer ----------------------------
 
+def budget_on(node: Node, username: str) -> list[dict]:
+    """A user's budget entries as the daemon holds them: records of the "budget" namespace."""
+    from logonmesh.web.budget import entries_of
+    items = node.call("record_items", namespace="budget", prefix=f"{username}/")["items"]
+    return entries_of(username, [(i["key"], i["value"]) for i in items])
+
+
 def entry_rows(page: requests.Response) -> list[str]:
     """The budget table's label cells, newest first."""
     return re.findall(r'<td class="label-cell">([^<]*)<', page.text)
@@ -319,7 +326,7 @@ def test_budget_entries_added_on_node2_appear_on_node1(nodes: tuple[Node, Node])
     page = b.get("/budget")
     assert entry_rows(page) == ["Salary", "Groceries"]
     assert "Added \u201cSalary\u201d" in page.text and '<p class="total">1,157.50</p>' in page.text
-    assert n2.call("budget_list", username=username)["total_cents"] == 115750
+    assert sum(e["cents"] for e in budget_on(n2, username)) == 115750
 
     def on_node1() -> None:
         page = b.at(n1.url).get("/budget")
@@ -347,7 +354,7 @@ def test_a_refused_budget_entry_shows_its_error_beside_the_field(
     assert f'id="{field}-error"' in resp.text
     tag = re.search(rf'<input[^>]*id="{field}"[^>]*>', resp.text).group(0)
     assert 'aria-invalid="true"' in tag and f"{field}-error" in tag and "autofocus" in tag
-    assert n1.call("budget_list", username=username)["entries"] == []
+    assert budget_on(n1, username) == []
 
 
 def test_amounts_are_read_as_people_write_them() -> None:
@@ -357,6 +364,23 @@ def test_amounts_are_read_as_people_write_them() -> None:
              "1.": None, ".5": None, "1,000": None, "12.345": None, "--1": None, " 1": None}
     assert {text: parse_cents(text) for text in cases} == cases
     assert [money(c) for c in (0, 5, -300, 123456789)] == ["0.00", "0.05", "\u22123.00", "1,234,567.89"]
+
+
+def test_a_users_budget_is_only_the_records_keyed_and_valued_as_theirs() -> None:
+    """Usernames may hold a "/": "alice/x"'s entries share alice's key prefix and must not show on her page."""
+    from logonmesh.web.budget import Refused, check, entries_of
+    mine = {"user": "alice", "label": "Tea", "cents": -300, "created_at": "2026-01-02T00:00:00.000+00:00"}
+    items = [("alice/b2", dict(mine, created_at="2026-01-03T00:00:00.000+00:00")), ("alice/a1", mine),
+             ("alice/x/c3", dict(mine, user="alice/x")),   # another user's, under the same prefix
+             ("alice/d4", dict(mine, user="bob")),          # a value that names someone else
+             ("alice/e5", "not a map"), ("alice/f6", {"user": "alice", "label": "no cents"})]
+    assert [e["id"] for e in entries_of("alice", items)] == ["a1", "b2"]
+    assert [e["id"] for e in entries_of("alice/x", items)] == ["c3"]
+    for label, cents, field in [("", 1, "label"), ("x" * 81, 1, "label"), (" Tea", 1, "label"),
+                                ("Tea", 10**12 + 1, "amount")]:
+        with pytest.raises(Refused) as info:
+            check(label, cents)
+        assert info.value.field == field
 
 
 def test_budget_post_without_a_session_goes_to_the_login(nodes: tuple[Node, Node]) -> None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logonmesh.daemon import control, wire
+from logonmesh.daemon.kinds import Entry
 from logonmesh.daemon.wire import MAC_SIZE, SCHEMA, VALUE_SCHEMA, Codec, WireError, check_entry, decode, wire_key
 
 COOKIE = b"a cluster cookie"
@@ -32,14 +33,16 @@ SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 
 TOMBSTONE = ["s", "t" * 43, 125 << 16, "n2", None, 1_900_000_000_000]
 USER_TOMBSTONE = ["u", "bob", 5, "n1", None, 0]
 FAILURES = ["t", "alice@n1", 126 << 16, "n1", {"n": 3}, 1_900_000_000_000]
-BUDGET = ["b", "9a" * 16, 127 << 16, "n1",
-          {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T00:00:00.000+00:00"}, 0]
+RECORD = ["r", "budget/alice/" + "9a" * 16, 127 << 16, "n1",
+          {"v": {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T00:00:00.000+00:00"}},
+          0]
+RECORD_TOMBSTONE = ["r", "prefs/alice", 128 << 16, "n2", None, 0]
 H16 = b"\x01" * 16
 
 # One valid payload per message type.  A type added to SCHEMA must be added here (and to docs/wire.md).
 SAMPLES: dict[str, dict[str, Any]] = {
     "hb": {"size": 3, "digest": H16, "bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
-    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES, BUDGET]},
+    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES, RECORD, RECORD_TOMBSTONE]},
     "announce": {"bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
     "ack": {},
     "sync_req": {"digest": H16},
@@ -52,7 +55,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "ping": {"n": 7, "t": 1.5},
     "pong": {"n": 7, "t": 1.5},
     "req": {"id": 1, "op": "user", "args": {"username": "alice"}},
-    "rep": {"id": 1, "ok": True, "result": {"user": "alice"}, "error": None},
+    "rep": {"id": 1, "ok": True, "result": {"user": "alice"}, "error": None, "code": None},
     "sessions": {"entries": [SESSION, TOMBSTONE]},
     "tick": {},
     "mon": {"socket": "bus-pub", "event": "ACCEPTED", "endpoint": "tcp://127.0.0.1:5000", "value": 12, "t": 1.5},
@@ -68,7 +71,7 @@ def sign(body: bytes, key: bytes = KEY) -> bytes:
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
 
-def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 1, sender: Any = "n1",
+def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 2, sender: Any = "n1",
              incarnation: Any = 9, seq: Any = 1) -> bytes:
     return sign(pack([version, type_, sender, incarnation, seq, {} if payload is None else payload]))
 
@@ -99,9 +102,15 @@ def test_round_trip_every_type(type_):
     codec = Codec(COOKIE, "n1", 42)
     frame = codec.encode(type_, SAMPLES[type_])
     env = decode(KEY, frame)
-    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (1, type_, "n1", 42, 1)
-    assert env.payload == SAMPLES[type_]
+    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (2, type_, "n1", 42, 1)
+    assert plain(env.payload) == SAMPLES[type_]
     assert codec.decode(frame) == env
+    assert all(isinstance(e, Entry) for e in env.payload.get("entries", ()))
+
+
+def plain(payload: dict) -> dict:
+    """A decoded payload with its typed entries as the plain lists a spec example writes."""
+    return {k: [list(e) for e in v] if k == "entries" else v for k, v in payload.items()}
 
 
 def test_frame_layout_matches_the_spec():
@@ -110,9 +119,9 @@ def test_frame_layout_matches_the_spec():
     body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
     assert MAC_SIZE == 32
     assert mac == hmac.new(KEY, body, hashlib.sha256).digest()
-    assert msgpack.unpackb(body, raw=False) == [1, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]
+    assert msgpack.unpackb(body, raw=False) == [2, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]
     # bytes travel as msgpack bin, text as str: an independent encoder's frame is byte-identical
-    assert frame == sign(pack([1, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]))
+    assert frame == sign(pack([2, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]))
 
 
 def test_independently_built_frame_decodes():
@@ -149,10 +158,10 @@ def test_wrong_key_is_a_bad_signature():
 
 
 def test_unsigned_body_is_rejected():
-    body = pack([1, "hb", "n1", 1, 1, SAMPLES["hb"]])
+    body = pack([2, "hb", "n1", 1, 1, SAMPLES["hb"]])
     assert len(body) > MAC_SIZE
     assert reason_of(body) == "bad_signature"
-    assert reason_of(pack([1, "ack", "n1", 1, 1, {}])) == "truncated"  # not even a MAC's worth of bytes
+    assert reason_of(pack([2, "ack", "n1", 1, 1, {}])) == "truncated"  # not even a MAC's worth of bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, MAC_SIZE])
@@ -188,7 +197,7 @@ def test_random_bytes_are_rejected(junk):
 # ---- envelope checks (validly signed, wrong inside) ------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 2, 255, "1", None, 1.0 + 0.5])
+@pytest.mark.parametrize("version", [0, 1, 3, 255, "2", None, 2.0 + 0.5])
 def test_unknown_version(version):
     assert reason_of(envelope(version=version)) == "unknown_version"
 
@@ -202,14 +211,14 @@ def test_unknown_type(type_):
     b"\xc1",                                   # a byte msgpack never uses
     b"\x96\x01",                               # a 6-array cut short
     b"\xa2\xff\xfe",                           # a str that is not UTF-8
-    pack([1, "ack", "n1", 1, 1, {}]) + b"\x00",  # trailing data
-    pack({"version": 1}),                      # not an array
+    pack([2, "ack", "n1", 1, 1, {}]) + b"\x00",  # trailing data
+    pack({"version": 2}),                      # not an array
     pack(42),
-    pack([1, "ack", "n1", 1, 1]),              # 5 items
-    pack([1, "ack", "n1", 1, 1, {}, 0]),       # 7 items
-    pack([1, "ack", "n1", 1, 1, {1: 2}]),      # a map key that is neither str nor bin
-    pack([1, "ack", "n1", 1, 1, []]),          # payload not a map
-    pack([1, "ack", "n1", 1, 1, None]),
+    pack([2, "ack", "n1", 1, 1]),              # 5 items
+    pack([2, "ack", "n1", 1, 1, {}, 0]),       # 7 items
+    pack([2, "ack", "n1", 1, 1, {1: 2}]),      # a map key that is neither str nor bin
+    pack([2, "ack", "n1", 1, 1, []]),          # payload not a map
+    pack([2, "ack", "n1", 1, 1, None]),
 ], ids=lambda b: b[:12].hex())
 def test_malformed_bodies(body):
     assert reason_of(sign(body)) == "malformed"
@@ -303,8 +312,16 @@ BAD_ENTRIES = {
     "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
     "failure count not an int": ["t", "alice@n1", 1, "n1", {"n": "3"}, 5],
     "failure count with a user value": ["t", "alice@n1", 1, "n1", GOOD_VALUE, 5],
-    "budget cents not an int": ["b", "e1", 1, "n1", dict(BUDGET[4], cents="5"), 0],
-    "budget without a label": ["b", "e1", 1, "n1", {k: v for k, v in BUDGET[4].items() if k != "label"}, 0],
+    "kind b (the budget kind of version 1)": ["b", "e1", 1, "n1", RECORD[4]["v"], 0],
+    "record value not wrapped in v": ["r", "budget/e1", 1, "n1", RECORD[4]["v"], 0],
+    "record value with another field": ["r", "budget/e1", 1, "n1", dict(RECORD[4], w=1), 0],
+    "record key without a namespace": ["r", "e1", 1, "n1", RECORD[4], 0],
+    "record namespace in capitals": ["r", "Budget/e1", 1, "n1", RECORD[4], 0],
+    "record namespace of 65 chars": ["r", "n" * 65 + "/e1", 1, "n1", RECORD[4], 0],
+    "record key empty": ["r", "budget/", 1, "n1", RECORD[4], 0],
+    "record key of 201 chars": ["r", "budget/" + "k" * 201, 1, "n1", RECORD[4], 0],
+    "record value over 4096 bytes": ["r", "budget/e1", 1, "n1", {"v": "x" * 4094}, 0],
+    "failure count a bool": ["t", "alice@n1", 1, "n1", {"n": True}, 5],
     "user whose origin is not its id": _entry(3, "n1"),
     "user whose key is not its username": _entry(1, "bob"),
     "expires negative": _entry(5, -1),
@@ -329,18 +346,21 @@ def test_bad_entries(name):
 @pytest.mark.parametrize("entry", [
     ["s", "k" * 256, *SESSION[2:]], _entry(2, 0), _entry(2, 2**64 - 1), _entry(5, 0), _entry(5, 2**64 - 1),
     USER_TOMBSTONE, TOMBSTONE, ["s", SESSION[1], SESSION[2], "-", *SESSION[4:]],
+    RECORD, RECORD_TOMBSTONE, ["r", "n" * 64 + "/" + "k" * 200, 1, "n1", {"v": None}, 0],
+    ["r", "a.b_c-9/k", 1, "n1", {"v": "x" * 4093}, 0],   # 4096 bytes packed: the limit itself
+    ["r", "ns/a/b/c", 1, "n1", {"v": [1, {"deep": b"bin"}]}, 0],
 ])
 def test_edge_entries_are_valid(entry):
-    check_entry(entry)
-    assert decode(KEY, envelope("merge", {"entries": [entry]})).payload["entries"] == [entry]
+    assert check_entry(entry) == Entry(*entry)
+    assert decode(KEY, envelope("merge", {"entries": [entry]})).payload["entries"] == [Entry(*entry)]
 
 
 def test_value_schema_matches_the_spec():
-    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "b"}
+    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "r"}
     assert VALUE_SCHEMA["u"] == {"id": str, "username": str, "password_hash": str, "created_at": str}
     assert VALUE_SCHEMA["s"] == {"uid": str, "user": str}
     assert VALUE_SCHEMA["t"] == {"n": int}
-    assert VALUE_SCHEMA["b"] == {"user": str, "label": str, "cents": int, "created_at": str}
+    assert VALUE_SCHEMA["r"] == {"v": object}
 
 
 def test_docs_name_every_type_field_kind_and_op():
@@ -352,6 +372,8 @@ def test_docs_name_every_type_field_kind_and_op():
     missing += [f"{k} value field {f}" for k, fields in VALUE_SCHEMA.items() for f in fields if f"`{f}`" not in doc]
     missing += [f"op {op}" for op in control.OPS if f"`{op}`" not in doc]
     missing += [f"{op} arg {a}" for op, args in control.OPS.items() for a in args if f"`{a}`" not in doc]
+    missing += [f"error code {c}" for c in wire.ERROR_CODES if f"`{c}`" not in doc]
+    missing += [f"version {wire.VERSION}" for _ in [0] if f"version {wire.VERSION}" not in doc]
     assert not missing, f"docs/wire.md does not mention: {missing}"
 
 
@@ -444,3 +466,15 @@ def test_control_accepts_good_requests(op, args):
        args=st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), MSGPACK_VALUES, max_size=4))
 def test_control_check_never_raises(op, args):
     assert control.check_args(op, args) is None or isinstance(control.check_args(op, args), str)
+
+
+def test_every_error_code_the_daemon_answers_is_a_known_one():
+    """Codes are a closed set: whatever control.py (and the record limits) can answer is in ERROR_CODES."""
+    import re
+    root = Path(__file__).parent.parent / "daemon"
+    source = (root / "control.py").read_text() + (root / "node.py").read_text()
+    used = set(re.findall(r'code="([a-z_]+)"', source))
+    used |= set(re.findall(r'return "([a-z_]+)", ', (root / "kinds.py").read_text()))
+    used |= set(re.findall(r'"(bad_args|unknown_op|bad_request|internal)"', source))
+    assert used and used <= wire.ERROR_CODES, used - wire.ERROR_CODES
+    assert wire.ERROR_CODES - used == set(), "a code nobody answers should not be listed"

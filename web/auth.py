@@ -21,7 +21,6 @@ from logonmesh.web.sessions import end_session, pop_return_path, remember_return
 bp = Blueprint("auth", __name__)
 
 WRONG_LOGIN = "Wrong username or password."
-STORE_DOWN = "the user store is unavailable"  # the daemon's answer while Redis (or the database) is out
 STORE_DOWN_MESSAGE = ("Sign-ups are paused: the user store cannot be reached right now. "
                       "Logging in still works. Try again in a moment.")
 
@@ -43,9 +42,9 @@ def _register(username: str, password: str) -> str | None:
     try:
         daemon().call("register", username=username, password_hash=generate_password_hash(password))
     except DaemonError as exc:
-        if str(exc) == "taken":
+        if exc.code == "taken":
             return "That username is taken. Choose another."
-        if str(exc) == STORE_DOWN:
+        if exc.code == "store_unavailable":  # Redis (or the database) is out
             return STORE_DOWN_MESSAGE
         raise
     return None

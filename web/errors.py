@@ -43,7 +43,7 @@ def daemon_unavailable(exc: DaemonUnavailable) -> tuple[str, int, dict[str, str]
 
 
 def daemon_refused(exc: DaemonError) -> tuple[str, int]:
-    log.warning("daemon refused a request: %s", exc)
+    log.warning("daemon refused a request (%s): %s", exc.code, exc)
     return page(503, "This node could not finish the request",
                 f"The daemon of node {node_name()} refused it: {exc}. Try again in a moment.")
 

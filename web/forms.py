@@ -46,7 +46,7 @@ class LogoutForm(FlaskForm):
 
 # ---- the budget demo ------------------------------------------------------------
 
-LABEL_MAX = 80                      # what the daemon accepts (budget_add)
+LABEL_MAX = 80                      # what web.budget stores (budget.LABEL_MAX)
 AMOUNT_RE = re.compile(r"([+-]?)(\d{1,10})(?:[.,](\d{1,2}))?")  # 10 digits: under the daemon's 10**12 cents
 
 

@@ -1,4 +1,4 @@
-"""The web's exact, local mirror of its daemon's sessions (and of the demo page's budget entries).
+"""The web's exact, local mirror of its daemon's sessions and app records.
 
 A protected page must know whether a session token is valid.  Asking the
 daemon costs a round trip per request; this mirror answers from memory and is
@@ -8,7 +8,8 @@ feed's sequence number, then apply every later update in order.  A gap, a new
 daemon incarnation or silence makes the mirror untrusted until the next
 snapshot, and an untrusted mirror says "ask the daemon" (``UNKNOWN``), so the
 answer is never older than ``stale_after_s``.  One thread owns the SUB socket;
-request threads only read the dict.
+request threads only read the dicts.  Which kinds the feed carries is said by
+``daemon.kinds`` (``mirrored``); a kind this mirror does not know is ignored.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import zmq
 
 from logonmesh.daemon import wire
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+from logonmesh.daemon.kinds import split_record_key
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = object()   # the mirror cannot vouch for the answer: ask the daemon
+DELETED = object()   # a record's tombstone, held so that an older write cannot bring it back
 POLL_MS = 100
 PURGE_EVERY_S = 10.0
 
@@ -41,7 +44,8 @@ class SessionMirror:
         self._key = wire.wire_key(cookie)
         # token -> (user, uid, expires_ms); user None for a tombstone (a logout)
         self._sessions: dict[str, tuple[str | None, str | None, int]] = {}
-        self._budgets: dict[str, dict[str, dict]] = {}  # username -> entry id -> value
+        # namespace -> key -> (hlc, origin, value or DELETED): versions kept so a late write cannot undo a newer one
+        self._records: dict[str, dict[str, tuple[int, str, Any]]] = {}
         self._incarnation = 0
         self._seq = 0
         self._heard = 0.0            # monotonic time of the last in-order message
@@ -66,18 +70,28 @@ class SessionMirror:
             return None
         return {"user": found[0], "uid": found[1], "expires": found[2]}
 
-    def budget(self, username: str) -> Any:
-        """A user's budget entries, oldest first, or UNKNOWN when only the daemon can say."""
+    def records(self, namespace: str, prefix: str = "") -> Any:
+        """[(key, value)] of a namespace's records whose key starts with prefix, by key; UNKNOWN when only
+        the daemon can say (what its ``record_items`` op answers, without the round trip)."""
         self._ensure_running()
         if not self.current():
             return UNKNOWN
-        entries = [{"id": key, **value} for key, value in self._budgets.get(username, {}).items()]
-        return sorted(entries, key=lambda e: (e["created_at"], e["id"]))
+        found = list(self._records.get(namespace, {}).items())
+        return sorted(((key, held[2]) for key, held in found if key.startswith(prefix) and held[2] is not DELETED),
+                      key=lambda kv: kv[0])
 
-    def budget_added(self, entry: dict) -> None:
-        """This web just added the entry: show it on the next page, before the feed's own message."""
-        value = {k: entry[k] for k in ("user", "label", "cents", "created_at")}
-        self._budgets.setdefault(entry["user"], {})[entry["id"]] = value
+    def record_written(self, written: dict) -> None:
+        """This web just wrote a record (the reply of ``record_put`` or ``record_delete``): show it on the next
+        page, before the feed's own message arrives."""
+        value = DELETED if written.get("deleted") else written["value"]
+        self._hold(written["namespace"], written["key"], (written["hlc"], written["origin"], value))
+
+    def _hold(self, namespace: str, key: str, version: tuple[int, str, Any]) -> None:
+        """Keep the highest version of a record, as the daemon's last-writer-wins does."""
+        held = self._records.setdefault(namespace, {})
+        old = held.get(key)
+        if old is None or (old[0], old[1]) < (version[0], version[1]):
+            held[key] = version
 
     def revoked(self, token: str, expires_ms: int) -> None:
         """This web just revoked the token: know it now, before the feed's own message arrives."""
@@ -153,7 +167,7 @@ class SessionMirror:
             log.warning("session feed: no snapshot (%s); asking the daemon per request meanwhile", exc)
             self._trusted = False
             return False
-        self._sessions, self._budgets = {}, {}
+        self._sessions, self._records = {}, {}
         self._apply(snap["entries"])
         self._incarnation, self._seq = snap["incarnation"], snap["seq"]
         self._heard = time.monotonic()
@@ -168,17 +182,9 @@ class SessionMirror:
 
     def _apply(self, entries: list) -> None:
         sessions = self._sessions
-        for kind, key, _hlc, _origin, value, expires in entries:
-            if kind == "b":
-                self._apply_budget(key, value)
-            elif value is None:
-                sessions[key] = (None, None, expires)
-            else:
-                sessions[key] = (value["user"], value["uid"], expires)
-
-    def _apply_budget(self, key: str, value: dict | None) -> None:
-        if value is None:
-            for entries in self._budgets.values():
-                entries.pop(key, None)
-        else:
-            self._budgets.setdefault(value["user"], {})[key] = value
+        for kind, key, hlc, origin, value, expires in entries:
+            if kind == "s":
+                sessions[key] = (None, None, expires) if value is None else (value["user"], value["uid"], expires)
+            elif kind == "r":
+                namespace, own = split_record_key(key)
+                self._hold(namespace, own, (hlc, origin, DELETED if value is None else value["v"]))

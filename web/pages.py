@@ -10,9 +10,9 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from werkzeug.wrappers import Response
 
 from logonmesh.daemon.client import DaemonError, DaemonUnavailable
+from logonmesh.web import budget as budget_data
 from logonmesh.web import present
 from logonmesh.web.forms import BudgetEntryForm, LogoutForm
-from logonmesh.web.mirror import UNKNOWN
 from logonmesh.web.node import daemon, mirror, node_name
 from logonmesh.web.sessions import current_session, remember_return_path, requested_path
 
@@ -22,13 +22,12 @@ HEALTH_TIMEOUT_MS = 500  # a load balancer's probe should learn fast, not wait f
 GLANCE_TTL_S = 1.0       # the footer's view of the cluster is at most this old
 GLANCE_TIMEOUT_MS = 300  # the footer waits this long for a ping, once a second at most, never more
 
-# What the daemon says about a budget entry it refused -> (form field or None for the form, message, status)
+# The code of a daemon's refusal of a budget entry -> (message for the form, status)
 BUDGET_REFUSALS = {
-    "no such user": (None, "This node does not know your account yet. Try again in a moment.", 409),
-    "a label is 1 to 80 printable characters": ("label", "A label is 1 to 80 printable characters.", 200),
-    "that amount is too large": ("amount", "That amount is too large.", 200),
-    "the user store is unavailable": (None, "Entries cannot be saved right now: the user store cannot be "
-                                            "reached. Try again in a moment.", 503),
+    "store_unavailable": ("Entries cannot be saved right now: the user store cannot be reached. "
+                          "Try again in a moment.", 503),
+    "invalid": ("This entry cannot be saved: the daemon refused it.", 200),
+    "too_large": ("This entry is too large to be saved.", 200),
 }
 
 
@@ -66,28 +65,23 @@ def budget_add() -> Response:
     if not form.validate_on_submit():
         return _budget_page(username, form)
     try:
-        added = daemon().call("budget_add", username=username, label=form.label.data, cents=form.cents)
+        added = budget_data.add(daemon(), mirror(), username, form.label.data, form.cents)
+    except budget_data.Refused as exc:
+        getattr(form, exc.field).errors = [str(exc)]
+        return _budget_page(username, form)
     except DaemonError as exc:
-        if str(exc) not in BUDGET_REFUSALS:
+        if exc.code not in BUDGET_REFUSALS:
             raise
-        where, message, status = BUDGET_REFUSALS[str(exc)]
-        if where is None:
-            return _budget_page(username, form, error=message, status=status)
-        getattr(form, where).errors = [message]
-        return _budget_page(username, form, status=status)
-    mirror().budget_added(added)
+        message, status = BUDGET_REFUSALS[exc.code]
+        return _budget_page(username, form, error=message, status=status)
     flash(f"Added \u201c{added['label']}\u201d, {present.money(added['cents'])}.")
     return redirect(url_for("pages.budget"), 303)
 
 
 def _budget_page(username: str, entry_form: BudgetEntryForm, error: str | None = None,
                  status: int = 200) -> Response:
-    """The entries and their total, from the mirror when it is current, else one budget_list round trip."""
-    entries = mirror().budget(username)
-    if entries is UNKNOWN:
-        listed = daemon().call("budget_list", username=username)
-    else:
-        listed = {"entries": entries, "total_cents": sum(e["cents"] for e in entries)}
+    """The entries and their total, from the mirror when it is current, else one record_items round trip."""
+    listed = budget_data.listing(daemon(), mirror(), username)
     page = render_template("budget.html", username=username, node=node_name(), form=LogoutForm(),
                            entry_form=entry_form, error=error, entries=present.budget_rows(listed["entries"]),
                            total=present.money(listed["total_cents"]),

@@ -34,7 +34,7 @@ def ago(ms: float | None) -> str:
 
 
 def budget_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The budget_list entries, newest first, with what the table shows."""
+    """A user's budget entries (web.budget.listing), newest first, with what the table shows."""
     rows = []
     for entry in reversed(entries):
         created = str(entry.get("created_at", ""))

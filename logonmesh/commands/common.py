@@ -122,7 +122,14 @@ def pick_node(settings: config.Settings, node: str | None) -> tuple[str, str]:
 
 
 class Unreachable(Exception):
-    """A daemon could not be asked; the message is one line for a person."""
+    """A daemon could not be asked, or refused; the message is one line for a person.
+
+    ``code`` is the daemon's error code when it refused (``wire.ERROR_CODES``), else "unreachable".
+    """
+
+    def __init__(self, message: str, code: str = "unreachable") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def ask(settings: config.Settings, name: str, op: str, **args: Any) -> Any:
@@ -140,7 +147,7 @@ def ask(settings: config.Settings, name: str, op: str, **args: Any) -> Any:
                               f"(socket {shown(path)}; is the cookie right?)") from None
         raise Unreachable(f"node {name}: {exc}") from None
     except DaemonError as exc:
-        raise Unreachable(f"node {name} refused {op}: {exc}") from None
+        raise Unreachable(f"node {name} refused {op}: {exc} ({exc.code})", exc.code) from None
     finally:
         client.close()
 

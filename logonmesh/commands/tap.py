@@ -27,7 +27,7 @@ from logonmesh.commands.common import (
     WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, registry_rows,
     secure, split_settings,
 )
-from logonmesh.daemon.control import _redacted
+from logonmesh.daemon.kinds import KINDS, Entry
 
 LISTEN_WAIT_S = 3.0        # give up proving the subscriptions after this, and say so
 HANDSHAKE_GRACE_S = 0.05   # after a handshake, time for the subscription to reach the PUB
@@ -194,20 +194,16 @@ def summary(type_: str, payload: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in payload.items() if isinstance(v, (int, float, str)))[:60]
 
 
-def _entry_text(entry: list) -> str:
-    kind, key, _, _, value, _ = entry
-    if kind == "u":
-        return f"user {key}" + (" (deleted)" if value is None else "")
-    if kind == "t":
-        return f"failures {key} " + (f"= {value['n']}" if value else "reset")
-    return f"session {key[:8]}… " + (f"of {value['user']}" if value else "revoked")
+def _entry_text(entry: Entry) -> str:
+    """The kind's own few words (``daemon.kinds``): never a hash, never a whole token."""
+    return KINDS[entry.kind].describe(entry)
 
 
 def redacted(type_: str, payload: dict) -> dict:
     """The payload for --json: entries without password hashes or whole tokens, bytes as hex."""
     if "entries" not in payload:
         return {k: v.hex() if isinstance(v, bytes) else v for k, v in payload.items()}
-    return {**payload, "entries": [_redacted(*e) for e in payload["entries"]]}
+    return {**payload, "entries": [KINDS[e.kind].redacted(e) for e in payload["entries"]]}
 
 
 def _claimed_sender(frame: bytes) -> str | None:

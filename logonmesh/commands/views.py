@@ -10,6 +10,7 @@ daemon, which is why the table alone is never trusted for "up".
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -121,7 +122,8 @@ def print_status(st: dict, how: str) -> None:
         ["bus", st["bus"]], ["peer", st["peer"]],
         ["peers up", ", ".join(st["peers_up"]) or "none"],
         ["cache", f"{cache['users']} users, {cache['sessions']} sessions, {cache['tombstones']} tombstones"
-                  + (f", {cache['failure_counts']} failure counts" if "failure_counts" in cache else "")],
+                  + (f", {cache['failure_counts']} failure counts" if "failure_counts" in cache else "")
+                  + (f", {cache['records']} records" if cache.get("records") else "")],
         ["digest", st["digest"][:16]],
         ["partition", "blocks " + ", ".join(st["blocked"]) if st["blocked"] else "none"],
         ["loss", f"{st['loss']:.0%} of incoming bus messages dropped" if st["loss"] else "none"],
@@ -170,12 +172,13 @@ def _repairs_line(stats: dict[str, int]) -> str:
 
 @click.command()
 @node_option()
-@click.option("--user", metavar="NAME", help="only this user (with --sessions: only this user's sessions)")
-@click.option("--sessions", is_flag=True, help="sessions instead of users")
+@click.option("--user", metavar="NAME", help="only this user's entries (with --sessions: only this user's sessions)")
+@click.option("--sessions", is_flag=True, help="sessions instead of the other kinds")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True, help="at most this many")
 @inspect_options
 def cache(**values: Any) -> None:
-    """Entries of one daemon's cache, with their versions.
+    """Entries of one daemon's cache, with their versions: a section per kind (users, login failures,
+    records), or the sessions with --sessions.
 
     Never a password hash, and only the first characters of a session token.
     """
@@ -186,17 +189,26 @@ def cache(**values: Any) -> None:
     if args["as_json"]:
         emit_json({"node": name, "sessions": args["sessions"], "entries": entries})
         return
-    what = "sessions" if args["sessions"] else "users"
+    what = "sessions" if args["sessions"] else "entries"
     out(f"{what} in the cache of node {name} ({how})")
     if args["sessions"]:
         out(_sessions_table(entries))
     else:
-        users = [e for e in entries if e["kind"] == "u"]
-        failures = [e for e in entries if e["kind"] == "t"]
-        tables = [_users_table(users)] if users or not failures else []
-        out("\n\n".join(tables + ([_failures_table(failures)] if failures else [])))
+        out(_sections(entries))
     more = " (the --limit; there may be more)" if len(entries) >= args["limit"] else ""
     out(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}{more}")
+
+
+def _sections(entries: list[dict]) -> str:
+    """One table per kind that has entries, in the registry's order; an empty users table when none has."""
+    from logonmesh.daemon.kinds import KINDS
+    by_kind: dict[str, list[dict]] = {}
+    for e in entries:
+        by_kind.setdefault(e["kind"], []).append(e)
+    if not by_kind:
+        by_kind["u"] = []
+    order = [k for k in KINDS if k in by_kind] + sorted(k for k in by_kind if k not in KINDS)
+    return "\n\n".join(SECTIONS.get(k, _other_table)(by_kind[k]) for k in order)
 
 
 def _users_table(entries: list[dict]) -> str:
@@ -217,3 +229,24 @@ def _failures_table(entries: list[dict]) -> str:
     rows = [[e["key"], e["failures"] if e["failures"] is not None else "reset", version_text(e["hlc"]),
              "in " + ago((e["expires"] - now_ms) / 1000) if e["expires"] else "never"] for e in entries]
     return table(["LOGIN FAILURES", "COUNT", "VERSION", "EXPIRES"], rows)
+
+
+def _records_table(entries: list[dict]) -> str:
+    """App records, "<namespace>/<key>" in key order, with their value as JSON clipped to fit 80 columns."""
+    rows = [[clip(e["key"], 24), "(deleted)" if e["tombstone"] else clip(_value_text(e.get("value")), 17),
+             version_text(e["hlc"]), e["origin"][:8]] for e in sorted(entries, key=lambda e: e["key"])]
+    return table(["RECORD", "VALUE", "VERSION", "ORIGIN"], rows)
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value, default=repr, separators=(",", ":"), ensure_ascii=False)
+
+
+def _other_table(entries: list[dict]) -> str:
+    """A kind this CLI does not know (a newer daemon): still shown, with what every entry has."""
+    heading = str(entries[0].get("name") or f"kind {entries[0]['kind']}").upper()
+    rows = [[e["key"], version_text(e["hlc"]), e["origin"][:8]] for e in entries]
+    return table([heading, "VERSION", "ORIGIN"], rows)
+
+
+SECTIONS = {"u": _users_table, "t": _failures_table, "r": _records_table}

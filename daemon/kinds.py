@@ -1,0 +1,168 @@
+"""The entries of the replicated cache and the one registry of their kinds.
+
+Every place that must know what a kind of entry is (the wire's validation,
+the cache, the web's feed and mirror, the redaction of secrets for the CLI
+and ``tap``) asks ``KINDS`` here, so a new kind is one entry in one table.
+
+An entry is an ``Entry``: a NamedTuple, so it still packs to the msgpack
+array ``[kind, key, hlc, origin, value, expires]`` that the wire carries and
+still unpacks and indexes like the old positional list.  A value of None is
+a tombstone; ``expires`` is milliseconds since the epoch, 0 for never.
+
+This module does no I/O and imports nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple
+
+import msgpack
+
+from logonmesh.discovery import StoredRecord
+
+
+class Entry(NamedTuple):
+    kind: str
+    key: str
+    hlc: int
+    origin: str
+    value: Any      # a map of the kind's fields, or None for a tombstone
+    expires: int    # ms since the epoch; 0 = never
+
+
+# ---- records: an app's small values, per user or per app, under a namespace and a key ----------
+
+NAMESPACE_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+RECORD_KEY_MAX = 200            # characters of a record's own key (after its namespace)
+RECORD_VALUE_MAX = 4096         # bytes of the value, packed with msgpack (use_bin_type=True)
+KEY_MAX = 256                   # characters of an entry key of every other kind
+
+
+def stored_record(entry: Entry) -> StoredRecord:
+    """A record entry as the durable store keeps it (records never expire, so no expiry)."""
+    return StoredRecord(entry.key, entry.hlc, entry.origin, entry.value)
+
+
+def record_entry(record: StoredRecord) -> Entry:
+    """The cache entry a stored record rebuilds, version included."""
+    return Entry("r", record.key, record.hlc, record.origin, record.value, 0)
+
+
+def record_key(namespace: str, key: str) -> str:
+    """The entry key of a record: the namespace has no "/", so the first "/" splits them again."""
+    return f"{namespace}/{key}"
+
+
+def split_record_key(entry_key: str) -> tuple[str, str]:
+    namespace, _, key = entry_key.partition("/")
+    return namespace, key
+
+
+def packed_size(value: Any) -> int:
+    """A record value's size as the limit counts it; raises TypeError/ValueError when msgpack cannot pack it."""
+    return len(msgpack.packb(value, use_bin_type=True))
+
+
+def record_problem(namespace: Any, key: Any, value: Any = None) -> tuple[str, str] | None:
+    """(code, message) when a record breaks a limit, else None: one rule for the ipc op and the wire."""
+    if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
+        return "invalid", "a record namespace is 1 to 64 of a-z, 0-9, '_', '.' and '-'"
+    if not isinstance(key, str) or not 0 < len(key) <= RECORD_KEY_MAX:
+        return "invalid", f"a record key is 1 to {RECORD_KEY_MAX} characters"
+    try:
+        size = packed_size(value)
+    except (TypeError, ValueError, OverflowError):
+        return "invalid", "a record value must be packable with msgpack"
+    if size > RECORD_VALUE_MAX:
+        return "too_large", f"a record value is at most {RECORD_VALUE_MAX} bytes packed (this one is {size})"
+    return None
+
+
+# ---- the registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kind:
+    """What one kind of entry is, for everything that handles entries."""
+
+    code: str                       # the one letter on the wire
+    name: str                       # for people: "user", "session", ...
+    plural: str
+    schema: Mapping[str, type]      # the value's fields (every one required, no other allowed)
+    durable: bool                   # written to the cluster's store, rebuilt from it at boot
+    mirrored: bool                  # sent on the feed to the web's mirror
+    owner: Callable[[str, Any], str | None]      # (key, value) -> the username it belongs to, if any
+    describe: Callable[[Entry], str]             # a few words for ``tap``
+    shown: Mapping[str, str] = field(default_factory=dict)  # row field -> value field, in redacted rows
+    secret: frozenset[str] = frozenset()         # value fields never shown outside the daemon
+    secret_key: bool = False                     # the key itself is a credential (a session token)
+    key_ok: Callable[[str], bool] = lambda key: 0 < len(key) <= KEY_MAX
+    value_problem: Callable[[Entry], str | None] = lambda entry: None  # a rule beyond the schema
+
+    def shown_key(self, key: str) -> str:
+        return key[:8] + "…" if self.secret_key else key
+
+    def redacted(self, entry: Entry) -> dict[str, Any]:
+        """A row for the CLI and tools: never a secret field, never a whole secret key."""
+        value = entry.value
+        row: dict[str, Any] = {"kind": entry.kind, "name": self.name, "key": self.shown_key(entry.key),
+                               "hlc": entry.hlc, "origin": entry.origin, "expires": entry.expires,
+                               "tombstone": value is None}
+        for shown, source in self.shown.items():
+            row[shown] = value[source] if value is not None else None
+        return row
+
+
+def _user_problem(entry: Entry) -> str | None:
+    if entry.value is not None and (entry.value["id"] != entry.origin or entry.value["username"] != entry.key):
+        return "a user entry's origin is its id and its key its username"
+    return None
+
+
+def _record_key_ok(key: str) -> bool:
+    namespace, sep, own = key.partition("/")
+    return bool(sep) and NAMESPACE_RE.fullmatch(namespace) is not None and 0 < len(own) <= RECORD_KEY_MAX
+
+
+def _record_problem(entry: Entry) -> str | None:
+    if entry.value is None:
+        return None
+    problem = record_problem(*split_record_key(entry.key), entry.value["v"])
+    return problem[1] if problem else None
+
+
+def _record_owner(key: str, value: Any) -> str | None:
+    """By convention a per-user record's key starts with "<username>/"."""
+    own = split_record_key(key)[1]
+    return own.split("/", 1)[0] if "/" in own else None
+
+
+def _tomb(entry: Entry, live: str, dead: str) -> str:
+    return live if entry.value is not None else dead
+
+
+USER = Kind(
+    "u", "user", "users", {"id": str, "username": str, "password_hash": str, "created_at": str},
+    durable=True, mirrored=False, owner=lambda key, value: key,
+    describe=lambda e: f"user {e.key}" + _tomb(e, "", " (deleted)"),
+    shown={"id": "id", "created_at": "created_at"}, secret=frozenset({"password_hash"}),
+    value_problem=_user_problem)
+SESSION = Kind(
+    "s", "session", "sessions", {"uid": str, "user": str},
+    durable=False, mirrored=True, owner=lambda key, value: value["user"] if value else None,
+    describe=lambda e: f"session {e.key[:8]}… " + (f"of {e.value['user']}" if e.value else "revoked"),
+    shown={"user": "user"}, secret_key=True)
+FAILURES = Kind(
+    "t", "login failure count", "login failure counts", {"n": int},
+    durable=False, mirrored=False, owner=lambda key, value: key.rsplit("@", 1)[0],  # "<subject>@<node>"
+    describe=lambda e: f"failures {e.key} " + (f"= {e.value['n']}" if e.value else "reset"),
+    shown={"failures": "n"})
+RECORD = Kind(
+    "r", "record", "records", {"v": object},
+    durable=True, mirrored=True, owner=_record_owner,
+    describe=lambda e: f"record {e.key}" + _tomb(e, "", " (deleted)"),
+    shown={"value": "v"}, key_ok=_record_key_ok, value_problem=_record_problem)
+
+KINDS: dict[str, Kind] = {k.code: k for k in (USER, SESSION, FAILURES, RECORD)}
+MIRRORED = tuple(code for code, kind in KINDS.items() if kind.mirrored)
