@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from logonmesh.daemon.cache import Cache
 from logonmesh.daemon.digest import FANOUT, LEAVES, differing, entry_hash, unpack
 from logonmesh.daemon.wire import SHORT_HASH
-from logonmesh.daemon.membership import Peer, monotonic_ms
+from logonmesh.daemon.clock import SYSTEM, Clock
+from logonmesh.daemon.membership import Peer
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,25 @@ class Session:
 
     peer: str
     reason: str
-    started: float = field(default_factory=monotonic_ms)
+    started: float
     stage: str = "tree_req"
     leaves: list[int] = field(default_factory=list)
     more: bool = False          # leaves were left for another exchange
 
 
 class Repairs:
-    def __init__(self, cache: Cache, stats: Counter, timeout_ms: float) -> None:
+    def __init__(self, cache: Cache, stats: Counter, timeout_ms: float, clock: Clock = SYSTEM) -> None:
         self.cache = cache
         self.stats = stats
         self.timeout_ms = timeout_ms
+        self.clock = clock
         self.active: Session | None = None
 
     # ---- the side that starts -------------------------------------------
 
     def busy(self) -> bool:
         """One repair at a time; a stalled one is abandoned after the timeout and may be retried."""
-        if self.active and monotonic_ms() - self.active.started > self.timeout_ms:
+        if self.active and self.clock.mono_ms() - self.active.started > self.timeout_ms:
             log.warning("repair with %s timed out at %s; it will be retried", self.active.peer, self.active.stage)
             self.stats["repairs_timed_out"] += 1
             self.active = None
@@ -75,7 +77,7 @@ class Repairs:
     def start(self, peer: Peer, reason: str) -> Message | None:
         if self.busy():
             return None
-        self.active = Session(peer.name, reason)
+        self.active = Session(peer.name, reason, self.clock.mono_ms())
         self.stats["repairs_started"] += 1
         self.stats[f"repairs_for_{reason}"] += 1
         log.info("repair with %s (%s)", peer.name, reason)
@@ -183,7 +185,7 @@ class Repairs:
         return "sync_rep", {"entries": entries, "digest": self.cache.digest.root}
 
     def _merge(self, entries: list) -> list:
-        changed = self.cache.merge(entries)
+        changed = self.cache.merge(entries, self.clock.wall_ms())
         self.stats["repair_entries_in"] += len(entries)
         if changed:
             log.info("repair brought %d new entries", len(changed))
