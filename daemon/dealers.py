@@ -9,7 +9,6 @@ under the peer's name.
 from __future__ import annotations
 
 import zmq
-
 from logonmesh.daemon.curve import Curve
 
 PEER_HWM = 100  # what may queue for a peer that is not there yet; bounded, never blocks

@@ -8,7 +8,7 @@ list of effects the way it would read a log of what the node did.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,5 +87,5 @@ class AdoptUsers:
     node: str
 
 
-Effect = Union[Publish, Send, Reply, Follow, Unfollow, OpenDealer, CloseDealer,
-               RefreshRow, PollRegistry, Rejoin, AdoptUsers]
+Effect = (Publish | Send | Reply | Follow | Unfollow | OpenDealer | CloseDealer
+          | RefreshRow | PollRegistry | Rejoin | AdoptUsers)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any
 
 from logonmesh.discovery import NodeRow
 
@@ -44,7 +45,7 @@ class Peer:
     lost_at: float | None = None    # monotonic ms when it went down (kept for tools)
     change_reason: str = ""
     last_beat: float = 0.0          # monotonic ms of the last heartbeat (not any bus message)
-    beat_gaps: deque = field(default_factory=lambda: deque(maxlen=BEAT_SAMPLES), repr=False)
+    beat_gaps: deque[int] = field(default_factory=lambda: deque(maxlen=BEAT_SAMPLES), repr=False)
 
     def beat(self, now: float) -> None:
         """A heartbeat arrived: keep how long it came after the previous one (ms), so a person can see jitter."""
@@ -52,7 +53,7 @@ class Peer:
             self.beat_gaps.append(round(now - self.last_beat))
         self.last_beat = now
 
-    def view(self, my_digest: bytes, now: float) -> dict:
+    def view(self, my_digest: bytes, now: float) -> dict[str, Any]:
         return {"name": self.name, "up": self.up, "bus": self.bus_endpoint, "peer": self.peer_endpoint,
                 "incarnation": self.bus_incarnation or self.incarnation, "last_seq": self.last_seq,
                 "digest_match": bool(self.digest) and self.digest == my_digest,

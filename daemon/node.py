@@ -16,20 +16,38 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import zmq
-
 from logonmesh.daemon import wire
 from logonmesh.daemon.bus import Bus, advertised
 from logonmesh.daemon.cache import expand_users
 from logonmesh.daemon.clock import SYSTEM
-from logonmesh.daemon.config import WILDCARDS, Settings, ensure_run_dir, is_url, resolve_cookie
+from logonmesh.daemon.config import (
+    WILDCARDS,
+    Settings,
+    ensure_run_dir,
+    is_url,
+    resolve_cookie,
+)
 from logonmesh.daemon.control import Control
 from logonmesh.daemon.curve import Curve
 from logonmesh.daemon.dealers import Dealers
-from logonmesh.daemon.effects import (AdoptUsers, CloseDealer, Effect, Follow, OpenDealer, PollRegistry,
-                                      Publish, RefreshRow, Rejoin, Reply, Send, Unfollow)
+from logonmesh.daemon.effects import (
+    AdoptUsers,
+    CloseDealer,
+    Effect,
+    Follow,
+    OpenDealer,
+    PollRegistry,
+    Publish,
+    RefreshRow,
+    Rejoin,
+    Reply,
+    Send,
+    Unfollow,
+)
 from logonmesh.daemon.feed import SessionFeed, feed_path
 from logonmesh.daemon.monitor import MonitorFeed, open_feed
 from logonmesh.daemon.replica import STALE_ROW_FACTOR, Replica

@@ -18,13 +18,26 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import Cache, Item, WireEntry, user_entry
 from logonmesh.daemon.clock import SYSTEM, Clock
-from logonmesh.daemon.effects import (AdoptUsers, CloseDealer, Effect, Follow, OpenDealer, PollRegistry,
-                                      Publish, RefreshRow, Rejoin, Reply, Send, Unfollow)
+from logonmesh.daemon.effects import (
+    AdoptUsers,
+    CloseDealer,
+    Effect,
+    Follow,
+    OpenDealer,
+    PollRegistry,
+    Publish,
+    RefreshRow,
+    Rejoin,
+    Reply,
+    Send,
+    Unfollow,
+)
 from logonmesh.daemon.guard import Refusals, ReplayWindow
 from logonmesh.daemon.hlc import HLC
 from logonmesh.daemon.membership import Membership, Peer
@@ -60,7 +73,7 @@ class Replica:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.trace = trace
-        self.stats: Counter = Counter()
+        self.stats: Counter[str] = Counter()
         self.cache = cache if cache is not None else Cache()
         self.hlc = HLC(lambda: clock.wall_ms() / 1000)
         self.refusals = Refusals(self.stats)
@@ -80,7 +93,7 @@ class Replica:
         """The endpoints the shell bound, as others must dial them: they go into every heartbeat and announce."""
         self.bus_endpoint, self.peer_endpoint = bus_endpoint, peer_endpoint
 
-    def load(self, users: Iterable[dict], entries: Iterable[WireEntry]) -> int:
+    def load(self, users: Iterable[dict[str, Any]], entries: Iterable[WireEntry]) -> int:
         """Boot from the store: users in bulk, other durable entries by merge; returns the users taken."""
         count = self.cache.load_users(users)
         self.cache.merge(list(entries), self.clock.wall_ms())
@@ -145,7 +158,7 @@ class Replica:
             effects.append(AdoptUsers(peer.name))
         return effects
 
-    def adopted(self, node: str, users: list[dict] | None, error: BaseException | None) -> list[Effect]:
+    def adopted(self, node: str, users: list[dict[str, Any]] | None, error: BaseException | None) -> list[Effect]:
         """Take in the users a vanished node stored, and publish whatever was new here.
 
         A node killed between storing a user and publishing it would otherwise
@@ -332,7 +345,7 @@ class Replica:
             return []
         return self._send(peer, self.repairs.start(peer, reason))
 
-    def _send(self, peer: Peer, message: tuple[str, dict] | None) -> list[Effect]:
+    def _send(self, peer: Peer, message: tuple[str, dict[str, Any]] | None) -> list[Effect]:
         if message is None or peer.name in self.blocked:
             return []
         return [Send(peer.name, *message)]
@@ -358,7 +371,7 @@ class Replica:
 
     # ---- what control asks for -----------------------------------------
 
-    def write(self, kind: str, key: str, value: dict | None, expires: int) -> tuple[WireEntry, list[Effect]]:
+    def write(self, kind: str, key: str, value: dict[str, Any] | None, expires: int) -> tuple[WireEntry, list[Effect]]:
         """Stamp a local change, apply it, and say how to publish it."""
         entry = [kind, key, self.hlc.now(), self.name, value, expires]
         self.cache.merge([entry], self.clock.wall_ms())
@@ -433,5 +446,5 @@ class Replica:
         """Drop this fraction of the bus messages we receive (the harness's lossy network)."""
         self.loss = fraction
 
-    def take_trace(self) -> dict | None:
+    def take_trace(self) -> dict[str, Any] | None:
         return None if self.trace is None else self.trace.take()

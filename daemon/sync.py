@@ -98,13 +98,15 @@ class Repairs:
         groups = [g for g in payload["groups"] if g < FANOUT]
         theirs = unpack(payload["leaves"])
         if len(theirs) != len(groups) * FANOUT:
-            return self._fail("tree_rep has the wrong number of leaves")
-        leaves = []
+            self._fail("tree_rep has the wrong number of leaves")
+            return None
+        leaves: list[int] = []
         for i, g in enumerate(groups):
             mine = self.cache.digest.leaves[g * FANOUT:(g + 1) * FANOUT]
             leaves += [g * FANOUT + j for j in differing(mine, theirs[i * FANOUT:(i + 1) * FANOUT])]
         if not leaves:
-            return self._finish(peer)
+            self._finish(peer)
+            return None
         batch = self._batch(leaves)
         session.more = len(batch) < len(leaves)
         session.leaves = batch
@@ -118,7 +120,8 @@ class Repairs:
         Each side hashes every entry of the leaves in an exchange on its event
         loop, so the batch bounds that work (~0.1 s) as well as the messages.
         """
-        batch, total = [], 0
+        batch: list[int] = []
+        total = 0
         for leaf in leaves[:LEAF_BATCH]:
             size = self.cache.leaf_size(leaf)
             if batch and total + size > MAX_ENTRIES:
@@ -144,13 +147,11 @@ class Repairs:
         self.stats["repairs_done"] += 1
         peer.mismatches = 0
         self.active = None
-        return None
 
     def _fail(self, why: str) -> None:
         self.stats["repairs_failed"] += 1
         log.warning("repair with %s failed: %s", self.active.peer if self.active else "?", why)
         self.active = None
-        return None
 
     # ---- the side that answers ------------------------------------------
 
