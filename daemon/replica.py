@@ -263,10 +263,12 @@ class Replica:
 
     def on_peer_reply(self, name: str, env: wire.Envelope, size: int) -> list[Effect]:
         """A reply on our DEALER to peer ``name``: the next step of a repair we started."""
-        peer = self.membership.peers.get(name)
-        if peer is None or not self.admit(env, "peer reply"):
+        if not self.admit(env, "peer reply"):
             return []
         self.count_in(env.type, size)
+        peer = self.membership.peers.get(name)
+        if peer is None:  # forgotten while its reply was on the way
+            return []
         if env.type == "tree_rep":
             return self._send(peer, self.repairs.on_tree_rep(peer, env.payload))
         if env.type == "diff_rep":

@@ -421,6 +421,16 @@ def test_a_repair_that_gets_no_answer_times_out_and_is_retried() -> None:
     assert r.stats["repairs_timed_out"] == 1
 
 
+def test_a_reply_to_no_repair_in_flight_is_counted_as_stray_and_changes_nothing() -> None:
+    r, b = replica(), Remote("b")
+    met(r, b)
+    root = r.cache.digest.root
+    rep = b.direct("diff_rep", {"entries": [session("tok", "al", 1 << 40, "b", T0_WALL + 10_000)], "want": b""})
+    assert r.on_peer_reply("b", rep, 100) == []
+    assert r.stats["repair_stray_replies"] == 1
+    assert r.cache.digest.root == root
+
+
 # ---- two replicas over a mock network --------------------------------------
 
 
