@@ -12,7 +12,6 @@ to the database (registration, records) hand their write to the worker thread.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import uuid
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from logonmesh.daemon.kinds import KINDS, Entry, record_key, record_problem, spl
 
 if TYPE_CHECKING:
     from logonmesh.daemon.node import Daemon
+    from logonmesh.daemon.replica import Replica
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,18 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 class Control:
-    def __init__(self, daemon: "Daemon") -> None:
+    """The ipc ops: state questions go to the replica, anything that sends or stores to the daemon's shell."""
+
+    def __init__(self, daemon: "Daemon", replica: "Replica") -> None:
         self.d = daemon
+        self.r = replica
 
     def handle(self, ident: bytes, frames: list[bytes]) -> None:
-        d = self.d
+        d, r = self.d, self.r
         if len(frames) != 1:
             return self._bad(ident, 0, "malformed", "expected one frame")
         try:
-            env = wire.decode(d.key, frames[0])
+            env = r.decode(frames[0])
         except wire.WireError as exc:
             return self._bad(ident, 0, exc.reason, str(exc))
         if env.type != "req":
@@ -74,7 +77,7 @@ class Control:
         problem = check_args(op, args)
         if problem:
             return self._bad(ident, req_id, "bad_args", problem, code="bad_args" if op in OPS else "unknown_op")
-        d.stats[f"ipc_{op}"] += 1
+        r.count(f"ipc_{op}")
 
         def reply(result: Any = None, error: str | None = None, code: str | None = None) -> None:
             """Every error names its code (wire.ERROR_CODES); one that forgot is answered as "internal"."""
@@ -83,26 +86,26 @@ class Control:
         try:
             getattr(self, f"op_{op}")(reply, **args)
         except Exception:  # a bug in one handler must not take the node down
-            d.stats["ipc_errors"] += 1
+            r.count("ipc_errors")
             log.exception("ipc op %s failed", op)
             reply(error="internal error (logged by the daemon)", code="internal")
 
     def _bad(self, ident: bytes, req_id: int, reason: str, detail: str, code: str = "bad_request") -> None:
         """A request we cannot serve gets an error reply, a count, and now and then a log line."""
-        self.d.stats["ipc_bad_request"] += 1
-        self.d.refusals.refuse("ipc socket", reason, detail=detail)
+        self.r.count("ipc_bad_request")
+        self.r.refuse("ipc socket", reason, detail=detail)
         self.d.reply_ipc(ident, req_id, error=f"bad request: {detail}", code=code)
 
     # ---- users ----------------------------------------------------------
 
     def op_ping(self, reply: Reply) -> None:
-        reply({"node": self.d.name, "peers_up": self.d.membership.up_names()})
+        reply({"node": self.r.name, "peers_up": self.r.peers_up()})
 
     def op_register(self, reply: Reply, username: str, password_hash: str) -> None:
-        d = self.d
+        d, r = self.d, self.r
         if not 0 < len(username) <= 256:  # what wire.check_entry lets a key be: peers refuse the rest
             return reply(error="a username is 1 to 256 characters", code="invalid")
-        if d.cache.has("u", username):
+        if r.has("u", username):
             return reply(error="taken", code="taken")
         user = {"id": uuid.uuid4().hex, "username": username, "password_hash": password_hash,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
@@ -112,35 +115,33 @@ class Control:
             if isinstance(error, UsernameTaken):
                 return reply(error="taken", code="taken")
             if error is not None:
-                d.stats["store_errors"] += 1
+                r.count("store_errors")
                 log.warning("registering %r failed: %s", username, error)
                 return reply(error=STORE_DOWN, code="store_unavailable")
-            entry = user_entry(user)
-            d.cache.merge([entry])
-            d.publish_entries([entry])
+            d.apply_local([user_entry(user)])
             reply({"id": user["id"], "username": username, "created_at": user["created_at"]})
 
-        d.worker.submit(lambda res: res.store.insert(user, d.name), inserted)
+        d.submit(lambda res: res.store.insert(user, r.name), inserted)
 
     def op_user(self, reply: Reply, username: str) -> None:
-        item = self.d.cache.get("u", username)
+        item = self.r.lookup("u", username)
         reply(item[2] if item else None)
 
     # ---- sessions -------------------------------------------------------
 
     def op_session_create(self, reply: Reply, username: str) -> None:
         d = self.d
-        item = d.cache.get("u", username)
+        item = self.r.lookup("u", username)
         if item is None:
             return reply(error="no such user", code="no_such_user")
         token = secrets.token_urlsafe(32)  # 256 bits
-        expires = d.now() + d.settings.session_ttl_s * 1000
+        expires = self.r.now() + d.settings.session_ttl_s * 1000
         d.write("s", token, {"uid": item[2]["id"], "user": username}, expires)
         reply({"token": token, "expires": expires})
 
     def op_session_resolve(self, reply: Reply, token: str) -> None:
-        item = self.d.cache.get("s", token)
-        if item is None or item[2] is None or item[3] <= self.d.now():
+        item = self.r.lookup("s", token)
+        if item is None or item[2] is None or item[3] <= self.r.now():
             return reply(None)
         reply({"user": item[2]["user"], "uid": item[2]["uid"], "expires": item[3]})
 
@@ -149,17 +150,14 @@ class Control:
         d = self.d
         if not 0 < len(token) <= 256:  # no session has such a key, and peers would refuse its tombstone
             return reply(error="a token is 1 to 256 characters", code="invalid")
-        item = d.cache.get("s", token)
-        expires = item[3] if item else d.now() + d.settings.session_ttl_s * 1000
+        item = self.r.lookup("s", token)
+        expires = item[3] if item else self.r.now() + d.settings.session_ttl_s * 1000
         d.write("s", token, None, expires)
         reply({"expires": expires})
 
     def op_sessions_snapshot(self, reply: Reply) -> None:
         """Every entry of the mirrored kinds (sessions, records), stamped with the feed's sequence number."""
-        d = self.d
-        d.flush_feed()  # so the stamp covers everything in the snapshot
-        entries = [entry for code, kind in KINDS.items() if kind.mirrored for entry in d.cache.entries(code)]
-        reply({"seq": d.feed.seq, "incarnation": d.feed.codec.incarnation, "entries": entries})
+        reply(self.d.feed_snapshot())
 
     # ---- records: an app's small values under a namespace and a key --------------
 
@@ -178,23 +176,22 @@ class Control:
         self._write_record(reply, namespace, key, None)
 
     def _write_record(self, reply: Reply, namespace: str, key: str, value: dict | None) -> None:
-        d = self.d
-        entry = Entry("r", record_key(namespace, key), d.hlc.now(), d.name, value, 0)
+        d, r = self.d, self.r
+        entry = Entry("r", record_key(namespace, key), r.stamp(), r.name, value, 0)
 
         def stored(_: None, error: BaseException | None) -> None:
             if error is not None:
-                d.stats["store_errors"] += 1
+                r.count("store_errors")
                 log.warning("storing record %s failed: %s", entry.key[:80], error)
                 return reply(error=STORE_DOWN, code="store_unavailable")
-            d.cache.merge([entry])
-            d.publish_entries([entry])
+            d.apply_local([entry])
             reply(_record_view(entry))
 
-        d.worker.submit(lambda res: res.store.save_record(stored_record(entry)), stored)
+        d.submit(lambda res: res.store.save_record(stored_record(entry)), stored)
 
     def op_record_get(self, reply: Reply, namespace: str, key: str) -> None:
         """The record, or None when there is none (or it was deleted)."""
-        item = self.d.cache.get("r", record_key(namespace, key))
+        item = self.r.lookup("r", record_key(namespace, key))
         reply(None if item is None or item[2] is None else _record_view(Entry("r", record_key(namespace, key), *item)))
 
     def op_record_items(self, reply: Reply, namespace: str, prefix: str) -> None:
@@ -202,59 +199,36 @@ class Control:
         problem = record_problem(namespace, "x")
         if problem:
             return reply(error=problem[1], code=problem[0])
-        items = [_record_view(e) for e in self.d.cache.records(namespace, prefix) if e.value is not None]
+        items = [_record_view(e) for e in self.r.records(namespace, prefix) if e.value is not None]
         reply({"namespace": namespace, "items": items})
 
     # ---- inspection and fault injection ---------------------------------
 
     def op_status(self, reply: Reply) -> None:
-        d = self.d
-        reply({"node": d.name, "incarnation": d.incarnation, "uptime_s": round(d.uptime_s(), 3),
-               "bus": d.bus.endpoint, "peer": d.peer_endpoint, "cache": d.cache.counts(),
-               "digest": d.cache.digest.root.hex(), "seq": d.bus_codec.seq,
-               "stats": dict(sorted(d.stats.items())),
-               "blocked": sorted(d.blocked), "loss": d.loss, "peers_up": d.membership.up_names(),
-               "refused_by_sender": d.refusals.view(),
-               # for `logonmesh status`: which process, its timings, and who watches its sockets
-               "pid": os.getpid(), "started_at": d.started_at, "heartbeat_ms": d.settings.heartbeat_ms,
-               "down_after_ms": d.settings.down_after_ms,
-               "monitor": d.monitor.view() if getattr(d, "monitor", None) else None})
+        reply(self.d.status())
 
     def op_peers(self, reply: Reply) -> None:
-        d = self.d
-        root = d.cache.digest.root
-        reply({"node": d.name, "digest": root.hex(),
-               "heartbeat_ms": d.settings.heartbeat_ms, "down_after_ms": d.settings.down_after_ms,
-               "peers": [p.view(root) for p in sorted(d.membership.peers.values(), key=lambda p: p.name)]})
+        reply(self.r.peers_report())
 
     def op_cache(self, reply: Reply, user: str | None, sessions: bool, limit: int) -> None:
         """Redacted rows of every kind but sessions, or of sessions only (``sessions``)."""
-        d = self.d
         rows = []
-        for entry in d.cache.entries():
+        for entry in self.r.entries():
             kind = KINDS[entry.kind]
             if (entry.kind == "s") != sessions or (user is not None and kind.owner(entry.key, entry.value) != user):
                 continue
             rows.append(kind.redacted(entry))
             if len(rows) >= limit:
                 break
-        reply({"node": d.name, "entries": rows})
+        reply({"node": self.r.name, "entries": rows})
 
     def op_partition(self, reply: Reply, peers: list, replace: bool) -> None:
         """Drop every bus and peer message to and from these peers (the harness's cut)."""
-        names = {p for p in peers if isinstance(p, str)} - {self.d.name}
-        self.d.blocked = names if replace else self.d.blocked | names
-        for name in names:
-            peer = self.d.membership.peers.get(name)
-            if peer is not None:
-                self.d.membership.mark_down(peer, "partitioned")
-        log.warning("partitioned from %s", ", ".join(sorted(names)) or "nobody")
-        reply({"blocked": sorted(self.d.blocked)})
+        blocked = self.r.partition({p for p in peers if isinstance(p, str)}, replace)
+        reply({"blocked": blocked})
 
     def op_heal(self, reply: Reply) -> None:
-        self.d.blocked.clear()
-        self.d.loss = 0.0
-        log.warning("healed: no peer blocked, no loss")
+        self.r.heal()
         reply({"blocked": []})
 
     # ---- login failures, counted across the cluster ----------------------
@@ -265,11 +239,11 @@ class Control:
     # over nodes.  A count expires at the end of its window.
 
     def op_failures_add(self, reply: Reply, subjects: list, window_s: int) -> None:
-        d = self.d
-        now = d.now()
+        d, r = self.d, self.r
+        now = r.now()
         for subject in _subjects(subjects):
-            key = f"{subject}@{d.name}"
-            item = d.cache.get("t", key)
+            key = f"{subject}@{r.name}"
+            item = r.lookup("t", key)
             live = item is not None and item[2] is not None and item[3] > now
             count, expires = (item[2]["n"] + 1, item[3]) if live else (1, now + window_s * 1000)
             d.write("t", key, {"n": count}, expires)
@@ -277,8 +251,7 @@ class Control:
 
     def op_failures_count(self, reply: Reply, subjects: list) -> None:
         """{subject: {"n": failures in the window, summed over nodes, "retry_after_s": until it ends}}."""
-        d = self.d
-        now = d.now()
+        now = self.r.now()
         result = {}
         for subject in _subjects(subjects):
             count, until = 0, now
@@ -291,31 +264,31 @@ class Control:
 
     def op_failures_reset(self, reply: Reply, subjects: list) -> None:
         """A successful login clears the count on every node, by tombstoning each node's key."""
-        d = self.d
+        d, r = self.d, self.r
         for subject in _subjects(subjects):
-            for node in [d.name, *d.membership.peers]:
-                item = d.cache.get("t", f"{subject}@{node}")
+            for node in [r.name, *r.peer_names()]:
+                item = r.lookup("t", f"{subject}@{node}")
                 if item is not None and item[2] is not None:
                     d.write("t", f"{subject}@{node}", None, item[3])
         reply({})
 
     def _failure_items(self, subject: str) -> list:
-        d = self.d
-        items = (d.cache.get("t", f"{subject}@{node}") for node in [d.name, *d.membership.peers])
+        r = self.r
+        items = (r.lookup("t", f"{subject}@{node}") for node in [r.name, *r.peer_names()])
         return [item for item in items if item is not None]
 
     def op_trace(self, reply: Reply) -> None:
         """The propagation trace (``--trace``): publish and apply times per username since the last call."""
-        trace = self.d.trace
-        if trace is None:
+        taken = self.r.take_trace()
+        if taken is None:
             return reply(error="tracing is off (start the daemon with --trace / LOGONMESH_TRACE=1)",
                          code="not_enabled")
-        reply({"node": self.d.name, **trace.take()})
+        reply({"node": self.r.name, **taken})
 
     def op_lossy(self, reply: Reply, fraction: float) -> None:
         if not 0.0 <= fraction <= 1.0:
             return reply(error="fraction must be between 0 and 1", code="invalid")
-        self.d.loss = fraction
+        self.r.set_loss(fraction)
         reply({"loss": fraction})
 
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from logonmesh.daemon.cache import Cache
 from logonmesh.daemon.digest import FANOUT, LEAVES, differing, entry_hash, unpack
 from logonmesh.daemon.wire import SHORT_HASH
-from logonmesh.daemon.membership import Peer, monotonic_ms
+from logonmesh.daemon.clock import SYSTEM, Clock
+from logonmesh.daemon.membership import Peer
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,25 @@ class Session:
 
     peer: str
     reason: str
-    started: float = field(default_factory=monotonic_ms)
+    started: float
     stage: str = "tree_req"
     leaves: list[int] = field(default_factory=list)
     more: bool = False          # leaves were left for another exchange
 
 
 class Repairs:
-    def __init__(self, cache: Cache, stats: Counter, timeout_ms: float) -> None:
+    def __init__(self, cache: Cache, stats: Counter, timeout_ms: float, clock: Clock = SYSTEM) -> None:
         self.cache = cache
         self.stats = stats
         self.timeout_ms = timeout_ms
+        self.clock = clock
         self.active: Session | None = None
 
     # ---- the side that starts -------------------------------------------
 
     def busy(self) -> bool:
         """One repair at a time; a stalled one is abandoned after the timeout and may be retried."""
-        if self.active and monotonic_ms() - self.active.started > self.timeout_ms:
+        if self.active and self.clock.mono_ms() - self.active.started > self.timeout_ms:
             log.warning("repair with %s timed out at %s; it will be retried", self.active.peer, self.active.stage)
             self.stats["repairs_timed_out"] += 1
             self.active = None
@@ -75,7 +77,7 @@ class Repairs:
     def start(self, peer: Peer, reason: str) -> Message | None:
         if self.busy():
             return None
-        self.active = Session(peer.name, reason)
+        self.active = Session(peer.name, reason, self.clock.mono_ms())
         self.stats["repairs_started"] += 1
         self.stats[f"repairs_for_{reason}"] += 1
         log.info("repair with %s (%s)", peer.name, reason)
@@ -96,13 +98,15 @@ class Repairs:
         groups = [g for g in payload["groups"] if g < FANOUT]
         theirs = unpack(payload["leaves"])
         if len(theirs) != len(groups) * FANOUT:
-            return self._fail("tree_rep has the wrong number of leaves")
-        leaves = []
+            self._fail("tree_rep has the wrong number of leaves")
+            return None
+        leaves: list[int] = []
         for i, g in enumerate(groups):
             mine = self.cache.digest.leaves[g * FANOUT:(g + 1) * FANOUT]
             leaves += [g * FANOUT + j for j in differing(mine, theirs[i * FANOUT:(i + 1) * FANOUT])]
         if not leaves:
-            return self._finish(peer)
+            self._finish(peer)
+            return None
         batch = self._batch(leaves)
         session.more = len(batch) < len(leaves)
         session.leaves = batch
@@ -116,7 +120,8 @@ class Repairs:
         Each side hashes every entry of the leaves in an exchange on its event
         loop, so the batch bounds that work (~0.1 s) as well as the messages.
         """
-        batch, total = [], 0
+        batch: list[int] = []
+        total = 0
         for leaf in leaves[:LEAF_BATCH]:
             size = self.cache.leaf_size(leaf)
             if batch and total + size > MAX_ENTRIES:
@@ -142,13 +147,11 @@ class Repairs:
         self.stats["repairs_done"] += 1
         peer.mismatches = 0
         self.active = None
-        return None
 
     def _fail(self, why: str) -> None:
         self.stats["repairs_failed"] += 1
         log.warning("repair with %s failed: %s", self.active.peer if self.active else "?", why)
         self.active = None
-        return None
 
     # ---- the side that answers ------------------------------------------
 
@@ -183,7 +186,7 @@ class Repairs:
         return "sync_rep", {"entries": entries, "digest": self.cache.digest.root}
 
     def _merge(self, entries: list) -> list:
-        changed = self.cache.merge(entries)
+        changed = self.cache.merge(entries, self.clock.wall_ms())
         self.stats["repair_entries_in"] += len(entries)
         if changed:
             log.info("repair brought %d new entries", len(changed))

@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import pytest
 from werkzeug.security import generate_password_hash
 
-from logonmesh.daemon import testing
+from logonmesh import testing
 from logonmesh.testing import Browser, LocalCluster, Node, eventually
 
 pytest_plugins = ["pytester"]
