@@ -100,8 +100,8 @@ def rows_propagation(f: dict) -> list[list[str]]:
         ratio = f"p50 {p50 / z50:.2f}×, p99 {p99 / z99:.2f}× pyzmq"
         fan = next((k for k in s if k.startswith("pyzmq fan-out")), None)
         if fan and name != "logonmesh 2 nodes":
-            ratio += f"; {p50 / pct(s[fan], 50):.2f}× / {p99 / pct(s[fan], 99):.2f}× {fan} (p50 {us(pct(s[fan], 50))}," \
-                     f" p99 {us(pct(s[fan], 99))})"
+            ratio += f"; {p50 / pct(s[fan], 50):.2f}× / {p99 / pct(s[fan], 99):.2f}× {fan}" \
+                     f" (p50 {us(pct(s[fan], 50))}, p99 {us(pct(s[fan], 99))})"
         parts = f.get("split_us", {}).get(name)
         mine = f"p50 {us(p50)}, p90 {us(p90)}, p99 {us(p99)}"
         if parts and parts["sender_us"] and parts["receiver_us"]:
@@ -172,7 +172,8 @@ def rows_register(f: dict) -> list[list[str]]:
     h = f["hash"]
     c = f["cluster"][0]
     return [[f"3. Sign-ups, ipc register path, 2 nodes, {c['clients']} clients ({len(f['cluster'])} runs)",
-             f"{rate:,.0f} sign-ups/s", f"bare insert of the same row, {f['insert'][0]['writers']} processes: {ins:,.0f} /s",
+             f"{rate:,.0f} sign-ups/s",
+             f"bare insert of the same row, {f['insert'][0]['writers']} processes: {ins:,.0f} /s",
              f"{rate / ins:.2f}× bare insert", "— (no target)"],
             ["3b. Password hashing (werkzeug default), separately", f"{h['rate']:.1f} hashes/s on one core "
              f"({h['ms_each']:.0f} ms each, {h['method']})", "—", "—", "slow on purpose"]]
@@ -313,7 +314,8 @@ def _profile_propagation(profile, cfg: dict) -> dict:
 # ---- the run ------------------------------------------------------------------------------
 
 FIGURES = [
-    ("1", "merge propagation", fig_propagation, rows_propagation, lambda c: c["prop_repeat"] * (2 + (max(c["prop_nodes"]) > 2) + len(c["prop_nodes"]))),
+    ("1", "merge propagation", fig_propagation, rows_propagation,
+     lambda c: c["prop_repeat"] * (2 + (max(c["prop_nodes"]) > 2) + len(c["prop_nodes"]))),
     ("2", "page throughput", fig_pages, rows_pages, lambda c: c["page_repeat"] * 5),
     ("3", "registration", fig_register, rows_register, lambda c: 1 if c["reg_s"] < 5 else 3),
     ("4", "boot", fig_boot, rows_boot, lambda c: c["boot_repeat"]),

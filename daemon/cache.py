@@ -33,6 +33,7 @@ from logonmesh.daemon.hlc import physical, wall_ms
 from logonmesh.daemon.kinds import KINDS as REGISTRY, Entry, split_record_key
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
+Stored = bytes | Item                      # as a table holds it: a user packed into bytes, else an Item
 KINDS = tuple(REGISTRY)
 FEED_KINDS = tuple(code for code, kind in REGISTRY.items() if kind.mirrored)
 
@@ -62,7 +63,7 @@ def created_text(ms: int) -> str:
 _HEX_TAIL = re.compile(r"^(.*\$)((?:[0-9a-f]{2})+)$")  # werkzeug's "method$salt$hexdigest"
 
 
-def _pack_user(hlc: int, uid: str, password_hash: str) -> bytes | Item:
+def _pack_user(hlc: int, uid: str, password_hash: str) -> Stored:
     """One bytes object for a user: 8 bytes version, 16 bytes id, then the hash (its hex digest as raw bytes).
 
     About 170 bytes in all, against ~400 for a tuple of an int and two strings.
@@ -93,21 +94,24 @@ def _is_hex(text: str) -> bool:
     return _HEX32.fullmatch(text) is not None
 
 
-def _stored(kind: str, stored: bytes | Item) -> Item:
-    """A stored item as (hlc, origin, value, expires); a user's value is then its password hash."""
-    return _unpack_user(stored) if kind == "u" and isinstance(stored, bytes) else stored
+def _stored(stored: Stored) -> Item:
+    """A stored item as (hlc, origin, value, expires); a user's value is then its password hash.
+
+    Only users are ever packed into bytes, so the type alone says which it is.
+    """
+    return _unpack_user(stored) if isinstance(stored, bytes) else stored
 
 
-def _expand(kind: str, key: str, stored: bytes | Item) -> Item:
+def _expand(kind: str, key: str, stored: Stored) -> Item:
     """The full value of a stored item (users are stored compact)."""
-    hlc, origin, value, expires = _stored(kind, stored)
+    hlc, origin, value, expires = _stored(stored)
     if kind == "u" and value is not None:
         value = {"id": origin, "username": key, "password_hash": value,
                  "created_at": created_text(wall_ms(hlc))}
     return hlc, origin, value, expires
 
 
-def expand_users(stored: list[tuple[str, bytes | Item]]) -> list[dict]:
+def expand_users(stored: list[tuple[str, Stored]]) -> list[dict]:
     """Full user records from ``Cache.stored_users`` (pure: safe on another thread)."""
     users = (_expand("u", key, item)[2] for key, item in stored)
     return [user for user in users if user is not None]
@@ -115,7 +119,7 @@ def expand_users(stored: list[tuple[str, bytes | Item]]) -> list[dict]:
 
 class Cache:
     def __init__(self) -> None:
-        self.kinds: dict[str, dict[str, Item]] = {kind: {} for kind in KINDS}
+        self.kinds: dict[str, dict[str, Stored]] = {kind: {} for kind in KINDS}
         self.digest = Digest()
         # the keys of each digest leaf, per kind, so a repair reads a leaf without scanning
         self._leaf_keys: dict[str, defaultdict[int, set[str]]] = {kind: defaultdict(set) for kind in KINDS}
@@ -145,7 +149,7 @@ class Cache:
         table = self.kinds[kind]
         old = table.get(key)
         if old is not None:
-            old = _stored(kind, old)
+            old = _stored(old)
             if (old[0], old[1]) >= (hlc, origin):
                 return False
         bucket = bucket_of(kind, key)
@@ -171,7 +175,7 @@ class Cache:
         start = f"{namespace}/{prefix}"
         table = self.kinds["r"]
         keys = sorted(k for k in self._namespaces.get(namespace, ()) if k.startswith(start))
-        return [Entry("r", key, *table[key]) for key in keys]
+        return [Entry("r", key, *_stored(table[key])) for key in keys]
 
     def load_users(self, users: Iterable[dict]) -> int:
         """Boot: take every stored user, faster than merge (no comparisons, no lists)."""
@@ -182,7 +186,7 @@ class Cache:
             hlc = physical(int(datetime.fromisoformat(user["created_at"]).timestamp() * 1000))
             old = table.get(key)
             if old is not None:
-                old = _stored("u", old)
+                old = _stored(old)
                 if (old[0], old[1]) >= (hlc, origin):
                     continue
             bucket = bucket_of("u", key)
@@ -201,7 +205,8 @@ class Cache:
         while heap and heap[0][0] <= now:
             expires, kind, key = heapq.heappop(heap)
             table = self.kinds[kind]
-            item = table.get(key)
+            stored = table.get(key)
+            item = None if stored is None else _stored(stored)
             if item is None or item[3] != expires:
                 continue  # superseded by a later version with another expiry
             del table[key]
@@ -235,7 +240,7 @@ class Cache:
                     else:
                         yield kind, key, stored[0], stored[1]
 
-    def stored_users(self) -> list[tuple[str, bytes | Item]]:
+    def stored_users(self) -> list[tuple[str, Stored]]:
         """A copy of the users table as stored: cheap on the loop, expanded elsewhere by ``expand_users``."""
         return list(self.kinds["u"].items())
 

@@ -43,7 +43,7 @@ class DaemonClient:
                  timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
         self.ipc_path = ipc_path
         self.timeout_ms = timeout_ms
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._codec = wire.Codec(cookie, name)
         self._codec_lock = threading.Lock()
         self._local = threading.local()
@@ -71,7 +71,7 @@ class DaemonClient:
         poller.register(sock, zmq.POLLIN)
         deadline = _now_ms() + timeout_ms
         while (left := deadline - _now_ms()) > 0:
-            if not poller.poll(left):
+            if not poller.poll(int(left)):  # whole ms, as pyzmq would truncate a float
                 break
             try:
                 env = self._codec.decode(sock.recv(zmq.NOBLOCK))

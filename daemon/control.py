@@ -244,8 +244,10 @@ class Control:
         for subject in _subjects(subjects):
             key = f"{subject}@{r.name}"
             item = r.lookup("t", key)
-            live = item is not None and item[2] is not None and item[3] > now
-            count, expires = (item[2]["n"] + 1, item[3]) if live else (1, now + window_s * 1000)
+            if item is not None and item[2] is not None and item[3] > now:  # a live count: add to it
+                count, expires = item[2]["n"] + 1, item[3]
+            else:
+                count, expires = 1, now + window_s * 1000
             d.write("t", key, {"n": count}, expires)
         self.op_failures_count(reply, subjects)
 

@@ -18,6 +18,7 @@ bounded, and a monitor is always disabled before its PAIR socket is closed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -61,7 +62,7 @@ class MonitorFeed:
         self.sent = 0
         self._pairs: dict[str, zmq.Socket] = {}
         self._poller: zmq.Poller | None = None
-        self._handlers: dict | None = None
+        self._handlers: dict[object, Callable[[], None]] = {}  # the loop's, once attached
         self.xpub = ctx.socket(zmq.XPUB)
         self.xpub.linger = 0
         self.xpub.sndhwm = FEED_HWM
@@ -110,7 +111,7 @@ class MonitorFeed:
             pair.linger = 0
             self._pairs[label] = pair
             self._poller.register(pair, zmq.POLLIN)
-            self._handlers[pair] = lambda label=label, pair=pair: self._on_events(label, pair)
+            self._handlers[pair] = functools.partial(self._on_events, label, pair)
 
     def _stop(self) -> None:
         """Disable each monitor before closing its PAIR socket, or libzmq can leak or hang."""
@@ -128,10 +129,9 @@ class MonitorFeed:
                 event = recv_monitor_message(pair, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            endpoint = event["endpoint"]
-            if isinstance(endpoint, bytes):
-                endpoint = endpoint.decode("utf-8", "replace")
-            self._publish(label, event_name(int(event["event"])), endpoint, int(event["value"]))
+            endpoint: str | bytes = event["endpoint"]
+            text = endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes) else endpoint
+            self._publish(label, event_name(int(event["event"])), text, int(event["value"]))
 
     def _publish(self, socket: str, event: str, endpoint: str, value: int) -> None:
         frame = self.codec.encode("mon", {"socket": socket, "event": event, "endpoint": endpoint,

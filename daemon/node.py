@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from logonmesh.daemon import wire
 from logonmesh.daemon.bus import Bus, advertised
 from logonmesh.daemon.cache import expand_users, user_entry
@@ -71,6 +72,13 @@ class StartupError(Exception):
     """The daemon cannot start; the message is one line for a person."""
 
 
+def _bound(thing: T | None, what: str) -> T:
+    """A socket of the shell, which exists from _bind until close."""
+    if thing is None:
+        raise RuntimeError(f"the daemon's {what} is not bound (not started, or closed)")
+    return thing
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -87,17 +95,41 @@ class Daemon:
                                trace=Trace() if settings.trace else None)
         self.cache = self.replica.cache  # the shell reads it only to feed the web and to rejoin
         self.curve = Curve.from_cookie(self.cookie, settings.curve)
-        self.auth = None
+        self.auth: ThreadAuthenticator | None = None
         self._stopping = False
         self._timers: dict[str, float] = {}
         self._lock_fd: int | None = None
-        self.ctx = zmq.Context.instance()
-        self.ipc: zmq.Socket | None = None
-        self.router: zmq.Socket | None = None
-        self.bus: Bus | None = None
-        self.dealers: Dealers | None = None
-        self.monitor: MonitorFeed | None = None
-        self.feed: SessionFeed | None = None
+        self.ctx: zmq.Context = zmq.Context.instance()
+        # None until _bind opens them, and again if a failed start closes what it opened;
+        # the loop and its handlers run only in between, and reach them through the properties below.
+        self._ipc: zmq.Socket | None = None
+        self._router: zmq.Socket | None = None
+        self._bus: Bus | None = None
+        self._dealers: Dealers | None = None
+        self._feed: SessionFeed | None = None
+        self.monitor: MonitorFeed | None = None  # stays None when its socket cannot be bound (logged)
+
+    # ---- the sockets, once bound ----------------------------------------
+
+    @property
+    def ipc(self) -> zmq.Socket:
+        return _bound(self._ipc, "ipc")
+
+    @property
+    def router(self) -> zmq.Socket:
+        return _bound(self._router, "router")
+
+    @property
+    def bus(self) -> Bus:
+        return _bound(self._bus, "bus")
+
+    @property
+    def dealers(self) -> Dealers:
+        return _bound(self._dealers, "dealers")
+
+    @property
+    def feed(self) -> SessionFeed:
+        return _bound(self._feed, "feed")
 
     # ---- start and stop -------------------------------------------------
 
@@ -130,27 +162,27 @@ class Daemon:
         s = self.settings
         self.ctx.setsockopt(zmq.MAXMSGSIZE, s.max_msg_bytes)  # every socket made from here on
         self.auth = self.curve.authenticator(self.ctx)
-        self.ipc = self.ctx.socket(zmq.ROUTER)
-        self.ipc.linger = 0
+        self._ipc = ipc = self.ctx.socket(zmq.ROUTER)
+        ipc.linger = 0
         if os.path.exists(s.ipc_path):
             os.unlink(s.ipc_path)  # stale: the lock proves no live daemon owns it
         mask = os.umask(0o177)  # the socket file is born 0600, with no window of wider access
         try:
-            self.ipc.bind(f"ipc://{s.ipc_path}")
+            ipc.bind(f"ipc://{s.ipc_path}")
         finally:
             os.umask(mask)
-        self.bus = Bus(self.ctx, s.bind, self.curve, port=s.bus_port, advertise=s.advertised_host)
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.curve.server(self.router)
-        self.router.bind(f"tcp://{s.bind}:{s.peer_port}")
-        self.peer_endpoint = advertised(self.router.last_endpoint.decode(), s.advertised_host)
+        self._bus = Bus(self.ctx, s.bind, self.curve, port=s.bus_port, advertise=s.advertised_host)
+        self._router = router = self.ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        self.curve.server(router)
+        router.bind(f"tcp://{s.bind}:{s.peer_port}")
+        self.peer_endpoint = advertised(router.last_endpoint.decode(), s.advertised_host)
         if s.bind in WILDCARDS and not s.advertise:
             log.warning("--bind %s without --advertise: announcing %s, which other hosts cannot reach",
                         s.bind, s.advertised_host)
         self.replica.bound(self.bus.endpoint, self.peer_endpoint)
-        self.dealers = Dealers(self.ctx, self.curve)
-        self.feed = SessionFeed(self.ctx, feed_path(s.run_dir, self.name),
+        self._dealers = Dealers(self.ctx, self.curve)
+        self._feed = SessionFeed(self.ctx, feed_path(s.run_dir, self.name),
                                 wire.Codec(self.cookie, self.name, self.incarnation))
         self.monitor = open_feed(self.ctx, s.run_dir, wire.Codec(self.cookie, self.name, self.incarnation),
                                  {"bus-pub": self.bus.pub, "bus-sub": self.bus.sub, "peer-router": self.router})
@@ -159,14 +191,14 @@ class Daemon:
         if self.monitor is not None:  # first: its monitors must be disabled before their sockets close
             self.monitor.close()
             self.monitor = None
-        if self.feed is not None:
-            self.feed.close()
-            self.feed = None
-        if self.dealers is not None:
-            self.dealers.close_all()
-        if self.bus is not None:
-            self.bus.close()
-        for sock in (self.router, self.ipc):
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+        if self._dealers is not None:
+            self._dealers.close_all()
+        if self._bus is not None:
+            self._bus.close()
+        for sock in (self._router, self._ipc):
             if sock is not None:
                 sock.close(linger=0)
         if self.auth is not None:
@@ -281,7 +313,7 @@ class Daemon:
         s = self.settings
         now = SYSTEM.mono_ms()
         r = self.replica
-        schedule: list[tuple[str, float, Callable[[], None]]] = [
+        schedule: list[tuple[str, float, Callable[[], object]]] = [
             ("heartbeat", s.heartbeat_ms, self._heartbeat),
             ("liveness", min(s.heartbeat_ms, 250), lambda: self.execute(r.liveness())),
             ("discovery", s.discovery_ms, lambda: self.execute(r.poll())),
@@ -368,7 +400,7 @@ class Daemon:
 
         def job(res: Backend) -> int:
             res.registry.announce(row)
-            return res.users.restore(expand_users(stored))
+            return res.store.restore(expand_users(stored))
 
         def done(restored: int | None, error: BaseException | None) -> None:
             if error is not None:
@@ -456,7 +488,7 @@ class Daemon:
         self.execute(effects)
         return entry
 
-    def apply_local(self, entries: list[list]) -> None:
+    def apply_local(self, entries: list[Entry]) -> None:
         """Apply and publish entries this node made and stored."""
         self.execute(self.replica.apply_local(entries))
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from logonmesh.daemon.cache import Cache
 from logonmesh.daemon.digest import FANOUT, LEAVES, differing, entry_hash, unpack
@@ -193,7 +194,7 @@ class Repairs:
         return changed
 
 
-def short_hash(entry: list) -> bytes:
+def short_hash(entry: Sequence[Any]) -> bytes:
     return entry_hash(entry[0], entry[1], entry[2], entry[3]).to_bytes(16, "little")[:SHORT_HASH]
 
 

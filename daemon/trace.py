@@ -15,6 +15,7 @@ daemon holds ``None`` and pays one ``is not None`` test per merge.
 from __future__ import annotations
 
 import time
+from typing import Any, Sequence
 
 LIMIT = 1_000_000
 
@@ -26,13 +27,13 @@ class Trace:
         self.applied: dict[str, int] = {}
         self.dropped = 0
 
-    def on_publish(self, entries: list[list]) -> None:
+    def on_publish(self, entries: Sequence[Sequence[Any]]) -> None:
         self._record(self.published, entries)
 
-    def on_apply(self, entries: list[list]) -> None:
+    def on_apply(self, entries: Sequence[Sequence[Any]]) -> None:
         self._record(self.applied, entries)
 
-    def _record(self, table: dict[str, int], entries: list[list]) -> None:
+    def _record(self, table: dict[str, int], entries: Sequence[Sequence[Any]]) -> None:
         t = time.monotonic_ns()
         for entry in entries:
             if entry[0] != "u":

@@ -126,8 +126,8 @@ class Codec:
     def encode(self, type_: str, payload: dict[str, Any]) -> bytes:
         """Sign a message with the next sequence number of this stream."""
         self.seq += 1
-        body = msgpack.packb([VERSION, type_, self.sender, self.incarnation, self.seq, payload],
-                             use_bin_type=True)
+        body: bytes = msgpack.packb([VERSION, type_, self.sender, self.incarnation, self.seq, payload],
+                                    use_bin_type=True)
         return body + hmac.new(self._key, body, hashlib.sha256).digest()
 
     def decode(self, frame: bytes) -> Envelope:

@@ -19,8 +19,7 @@ import importlib
 import os
 import re
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol, cast
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")  # a node's name: in rows, in frames, in file names
 BACKENDS = {"sqlite": "logonmesh.discovery.sqlite", "redis": "logonmesh.discovery.redis",
@@ -131,11 +130,22 @@ def scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "sqlite"
 
 
-def _module(url: str) -> ModuleType:
+class BackendModule(Protocol):
+    """What each backend module offers; ``check_url`` only the networked ones (SQLite's is a path)."""
+
+    def open_registry(self, url: str, row_ttl_ms: int | None = None) -> Registry: ...
+
+    def open_store(self, url: str) -> Store: ...
+
+    def check_url(self, url: str) -> str: ...
+
+
+def _module(url: str) -> BackendModule:
     name = BACKENDS.get(scheme(url))
     if name is None:
         raise ValueError(f"must be a path, sqlite:///path or redis://host:port/N, got {url!r}")
-    return importlib.import_module(name)
+    # imported by name so a backend's client library loads only when it is used
+    return cast(BackendModule, importlib.import_module(name))
 
 
 def normalise(raw: str) -> str:

@@ -41,7 +41,7 @@ import re
 import threading
 import time
 from dataclasses import asdict
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -213,7 +213,8 @@ class RedisLink:
         cursor = 0
         while True:
             cursor, keys = self.call(what, lambda c: c.scan(cursor, match=match, count=count))
-            fresh = [k for k in keys if k not in seen]
+            # the client decodes its responses (decode_responses=True): every key is a str
+            fresh = [k for k in cast(list[str], keys) if k not in seen]
             seen.update(fresh)
             if fresh:
                 yield fresh
@@ -352,7 +353,10 @@ return 1
 
 
 class RedisStore:
-    """The Store protocol on Redis, for one thread (redis-py clients are thread-safe, but one per thread is simplest)."""
+    """The Store protocol on Redis, for one thread.
+
+    redis-py clients are thread-safe, but one per thread is simplest.
+    """
 
     def __init__(self, url: str, page: int = LOAD_PAGE) -> None:
         self.link = RedisLink(url)

@@ -77,18 +77,19 @@ def with_retry(fn: Callable[[], T], seconds: float = 5.0) -> T:
 
 
 def ensure_tables(db: sqlite_utils.Database) -> None:
-    db["users"].create({"id": str, "username": str, "password_hash": str, "created_at": str},
-                       pk="id", not_null={"username", "password_hash", "created_at"}, if_not_exists=True)
-    db["users"].create_index(["username"], unique=True, if_not_exists=True)
-    if "node" not in db["users"].columns_dict:  # optional: which node wrote the row (NULL for others' rows)
+    users = db.table("users")  # db.table, not db[...]: a Table, never a View
+    users.create({"id": str, "username": str, "password_hash": str, "created_at": str},
+                 pk="id", not_null={"username", "password_hash", "created_at"}, if_not_exists=True)
+    users.create_index(["username"], unique=True, if_not_exists=True)
+    if "node" not in users.columns_dict:  # optional: which node wrote the row (NULL for others' rows)
         try:
-            db["users"].add_column("node", str)
+            users.add_column("node", str)
         except sqlite3.OperationalError as exc:  # another daemon opening the new file added it first
             if "duplicate column" not in str(exc):
                 raise
-    db["users"].create_index(["node"], if_not_exists=True)
-    db["records"].create({"key": str, "namespace": str, "hlc": int, "origin": str, "value": bytes},
-                         pk="key", not_null={"namespace", "hlc", "origin"}, if_not_exists=True)
+    users.create_index(["node"], if_not_exists=True)
+    db.table("records").create({"key": str, "namespace": str, "hlc": int, "origin": str, "value": bytes},
+                               pk="key", not_null={"namespace", "hlc", "origin"}, if_not_exists=True)
 
 
 def pack_value(value: Any) -> bytes | None:
@@ -117,7 +118,7 @@ class SqliteStore:
 
     def insert(self, user: dict, node: str) -> None:
         try:
-            self.db["users"].insert(dict(user, node=node))
+            self.db.table("users").insert(dict(user, node=node))
         except sqlite3.IntegrityError:
             raise UsernameTaken(user["username"]) from None
 
@@ -156,13 +157,13 @@ class SqliteRegistry:
 
     def __init__(self, path: str) -> None:
         self.db = open_db(path)
-        with_retry(lambda: self.db["clusters"].create(
+        with_retry(lambda: self.db.table("clusters").create(
             {"id": str, "bus_endpoint": str, "peer_endpoint": str, "host": str, "pid": int,
              "incarnation": int, "started_at": float, "heartbeat_at": float},
             pk="id", if_not_exists=True))
 
     def announce(self, row: NodeRow) -> None:
-        with_retry(lambda: self.db["clusters"].upsert(asdict(row), pk="id"), RETRY_S)
+        with_retry(lambda: self.db.table("clusters").upsert(asdict(row), pk="id"), RETRY_S)
 
     def refresh(self, node_id: str, incarnation: int, heartbeat_at: float) -> bool:
         cur = with_retry(lambda: self.db.execute(
@@ -171,7 +172,7 @@ class SqliteRegistry:
         return cur.rowcount == 1
 
     def peers(self) -> list[NodeRow]:
-        return with_retry(lambda: [NodeRow(**row) for row in self.db["clusters"].rows], RETRY_S)
+        return with_retry(lambda: [NodeRow(**row) for row in self.db.table("clusters").rows], RETRY_S)
 
     def withdraw(self, node_id: str, incarnation: int) -> None:
         # at shutdown, which must finish within 2 s: a row left behind expires anyway

@@ -28,7 +28,7 @@ def main() -> None:
 def daemon(**values: Any) -> None:
     """Run this node's daemon: the mesh peer that holds users and sessions."""
     settings = load_settings(values, require_name=True)
-    setup_logging(settings.name)
+    setup_logging(settings.require_name())
     import sqlite3
 
     import zmq
@@ -53,7 +53,7 @@ def daemon(**values: Any) -> None:
 def web(**values: Any) -> None:
     """Run this node's web front end (Flask on waitress)."""
     settings = load_settings(values, require_name=True)
-    setup_logging(settings.name)
+    setup_logging(settings.require_name())
     try:
         port = settings.web_port()
     except config.ConfigError as exc:

@@ -8,9 +8,12 @@ logs to a failing test's report is registered by its first use.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Generator, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from pluggy import Result
 
 _LOGS_PLUGIN = "logonmesh-node-logs"
 
@@ -19,7 +22,7 @@ class _NodeLogsOnFailure:
     """Appends the logs of every cluster a failed test used to its report."""
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: Any, call: Any) -> Iterator[None]:
+    def pytest_runtest_makereport(self, item: Any, call: Any) -> Generator[None, Result[Any], None]:
         outcome = yield
         report = outcome.get_result()
         if not report.failed:

@@ -43,7 +43,7 @@ import threading
 import time
 from concurrent.futures import Future
 from html.parser import HTMLParser
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import requests
 
@@ -154,15 +154,20 @@ class Proc:
 
     @property
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self._running() is not None
+
+    def _running(self) -> subprocess.Popen | None:
+        """The process while it runs, else None."""
+        popen = self.popen
+        return popen if popen is not None and popen.poll() is None else None
 
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
     def signal(self, sig: int) -> None:
-        if self.alive:
-            self.popen.send_signal(sig)
+        if (popen := self._running()) is not None:
+            popen.send_signal(sig)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited in time; returns the exit code."""
@@ -176,18 +181,19 @@ class Proc:
 
     def wait_stopped(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """Wait for the exit that terminate() asked for; SIGKILL if it does not come in time."""
-        if self.popen is None:
+        popen = self.popen
+        if popen is None:
             return None
         try:
-            return self.popen.wait(timeout)
+            return popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait(timeout)
+            popen.kill()
+            return popen.wait(timeout)
 
     def kill(self) -> None:
-        if self.alive:
-            self.popen.kill()
-            self.popen.wait(STOP_TIMEOUT)
+        if (popen := self._running()) is not None:
+            popen.kill()
+            popen.wait(STOP_TIMEOUT)
 
     def logs(self) -> str:
         try:
@@ -355,7 +361,7 @@ class LocalCluster:
         self.heartbeat_ms = heartbeat_ms
         self.down_after = down_after
         self.nodes: list[Node] = []
-        self._counters: dict[str, Iterable[int]] = {}
+        self._counters: dict[str, Iterator[int]] = {}
         self._cut: dict[str, set[str]] = {}  # node name -> the peers it must not hear or reach
         self._missed: set[str] = set()       # nodes that were not running when the cut last changed
         _live_clusters.add(self)
@@ -427,7 +433,7 @@ class LocalCluster:
             for node in nodes:
                 for proc in node.procs:
                     if not proc.alive and not (_first_start and proc is node.web and node._rebind_web()):
-                        raise _ProcessExited(f"{proc.label} exited with {proc.popen.returncode}:\n"
+                        raise _ProcessExited(f"{proc.label} exited with {proc.popen and proc.popen.returncode}:\n"
                                              f"{proc.logs()[-2000:]}")
                 if node.name in pending_cut:
                     self._catch_up(node, fresh=True)
@@ -464,11 +470,11 @@ class LocalCluster:
         Groups may overlap (a bridge node sits in two).  Each daemon is told which
         peers to drop, both ways, and reports them down at once.
         """
-        groups = [set(g) for g in groups]
-        rest = set(self.nodes) - set().union(*groups)
+        sides = [set(g) for g in groups]
+        rest = set(self.nodes) - set().union(*sides)
         if rest:
-            groups.append(rest)
-        self._set_cut({node: set().union(*(g for g in groups if node in g)) for node in self.nodes})
+            sides.append(rest)
+        self._set_cut({node: set().union(*(g for g in sides if node in g)) for node in self.nodes})
 
     def isolate(self, node: Node) -> None:
         self.partition([node])
@@ -563,8 +569,9 @@ class _InputParser(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "input":
             a = dict(attrs)
-            if a.get("name"):
-                self.fields[a["name"]] = a.get("value") or ""
+            name = a.get("name")
+            if name:
+                self.fields[name] = a.get("value") or ""
 
 
 class Browser:

@@ -59,7 +59,7 @@ def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
                                     timeout_ms=DAEMON_TIMEOUT_MS)
     app.extensions["logonmesh.daemon"] = DaemonLink(client)
     app.extensions["logonmesh.mirror"] = SessionMirror(
-        feed_path(settings.run_dir, settings.name), settings.ipc_path, cookie, client,
+        feed_path(settings.run_dir, settings.require_name()), settings.ipc_path, cookie, client,
         stale_after_s=mirror_staleness(settings))
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     csrf.init_app(app)

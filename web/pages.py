@@ -99,7 +99,8 @@ def cluster() -> Response:
     me = view.get("node", node_name())
     rows = present.peer_rows(me, view)
     heartbeat_ms, down_after_ms = view.get("heartbeat_ms", 1000), view.get("down_after_ms", 3000)
-    charts = [present.beat_chart(p, heartbeat_ms, down_after_ms) for p in sorted(view["peers"], key=lambda p: p["name"])]
+    peers = sorted(view["peers"], key=lambda p: p["name"])
+    charts = [present.beat_chart(p, heartbeat_ms, down_after_ms) for p in peers]
     page = render_template("cluster.html", username=username, node=node_name(), form=LogoutForm(),
                            rows=rows, charts=charts, digest=view["digest"][:12],
                            down=sum(not r["up"] for r in rows), heartbeat=present.ago(heartbeat_ms),

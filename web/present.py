@@ -135,5 +135,6 @@ def beat_chart(peer: dict[str, Any], heartbeat_ms: int, down_after_ms: int) -> C
                    f"apart, the longest gap {ago(max(gaps))}. A peer is down after {ago(down_after_ms)} of silence.")
     else:
         summary = f"No heartbeats heard from {peer['name']} yet."
-    plot = {"left": PLOT_LEFT, "right": CHART_W - PLOT_RIGHT, "top": PLOT_TOP, "bottom": PLOT_TOP + plot_h}
+    plot: dict[str, float] = {"left": PLOT_LEFT, "right": CHART_W - PLOT_RIGHT,
+                              "top": PLOT_TOP, "bottom": PLOT_TOP + plot_h}
     return Chart(peer=peer["name"], bars=bars, lines=lines, summary=summary, plot=plot)

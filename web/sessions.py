@@ -9,7 +9,7 @@ leave the site: a return path is kept and followed only if it is local.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from flask import current_app, request, session
@@ -139,5 +139,5 @@ def _expired(now: int) -> bool:
     return now - seen > idle_s or now - since > absolute_s
 
 
-def _is_stamp(value: Any) -> bool:
+def _is_stamp(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, overload
 
 import click
 
@@ -209,6 +209,14 @@ def pairs(items: Sequence[Sequence[Any]], indent: str = "  ") -> str:
 
 def _cell(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+@overload
+def ago(seconds: float) -> str: ...
+
+
+@overload
+def ago(seconds: None) -> None: ...
 
 
 def ago(seconds: float | None) -> str | None:

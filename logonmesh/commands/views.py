@@ -46,6 +46,14 @@ def peers(**values: Any) -> None:
     raise SystemExit(0 if healthy else 1)
 
 
+def _endpoints(row: Any, peer: dict | None) -> tuple[str, str]:
+    """Where a node listens: as its registry row says, else as the daemon heard it (a name comes from one)."""
+    if row:
+        return row.bus_endpoint, row.peer_endpoint
+    assert peer is not None
+    return peer["bus"], peer["peer"]
+
+
 def merge_peers(me: str, rows: list, seen: list[dict]) -> list[dict]:
     """One record per known node: its row (if any) joined with the daemon's view (if any)."""
     by_row = {r.id: r for r in rows}
@@ -54,9 +62,10 @@ def merge_peers(me: str, rows: list, seen: list[dict]) -> list[dict]:
     merged = []
     for name in sorted(by_row.keys() | by_view.keys()):
         row, peer = by_row.get(name), by_view.get(name)
+        bus, peer_endpoint = _endpoints(row, peer)
         record: dict[str, Any] = {
             "name": name, "self": name == me, "in_registry": row is not None,
-            "bus": (row.bus_endpoint if row else peer["bus"]), "peer": (row.peer_endpoint if row else peer["peer"]),
+            "bus": bus, "peer": peer_endpoint,
             "heartbeat_age_s": round(now - row.heartbeat_at, 3) if row else None,
             "host": row.host if row else None, "pid": row.pid if row else None,
         }
