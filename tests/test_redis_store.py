@@ -325,6 +325,24 @@ def test_cluster_on_redis_signs_up_and_replicates(url: str) -> None:
     assert not keys, f"a clean shutdown withdraws every row, left {keys}"
 
 
+
+def test_a_redis_that_forgot_everything_gets_its_users_back(url: str) -> None:
+    """Redis without persistence restarts empty: the nodes notice their rows are gone, announce again
+    and write back every user they hold, so a node that boots afterwards still knows them."""
+    with LocalCluster(heartbeat_ms=100, env={"LOGONMESH_DB": url}) as cluster:
+        n1, n2 = cluster.start_nodes("node", 2)
+        assert Browser(n1.url).signup("alice", PASSWORD).status_code == 302
+        eventually(lambda: _assert(n2.call("user", username="alice") is not None), timeout=10)
+        prefix = parse_url(url)[1]
+        client = raw(url)
+        client.delete(*client.scan_iter(f"{prefix}:*"))  # what a restart without persistence leaves
+        eventually(lambda: _assert(client.hget(f"{prefix}:user:alice", "username") == "alice"), timeout=10)
+        eventually(lambda: _assert({k.rsplit(":", 1)[1] for k in client.scan_iter(f"{prefix}:node:*")}
+                                   == {"node1", "node2"}), timeout=10)
+        assert "restored 1 users the store had lost" in n1.daemon.logs() + n2.daemon.logs()
+        [n3] = cluster.start_nodes("node", 1)
+        assert n3.call("user", username="alice")["username"] == "alice"
+
 def _assert(condition: bool) -> None:
     assert condition
 
