@@ -516,7 +516,6 @@ def test_a_stop_while_booting_still_leaves_cleanly(tmp_path) -> None:
     import sqlite3
     import subprocess
     import sys
-    import time
     import uuid
 
     from logonmesh.discovery.sqlite import open_db

@@ -488,9 +488,11 @@ def test_host_link_down_then_back(net: Net, hosts: tuple[Host, Host, Host]) -> N
     assert (resp["status"], resp["location"]) == (302, "/budget"), resp
     during = new_name("during")
     assert_signed_up(c, during)
-    eventually(holds(lambda: "a" not in registry_names(net), "row of a still there"), timeout=ROW_TTL_S + VIEW_S)  # A's row expired
+    # A's row expired
+    eventually(holds(lambda: "a" not in registry_names(net), "row of a still there"), timeout=ROW_TTL_S + VIEW_S)
     net.link(a, True)
-    eventually(holds(lambda: "a" in registry_names(net), "row of a not back"), timeout=CONVERGE_S)  # re-announced by itself
+    # re-announced by itself
+    eventually(holds(lambda: "a" in registry_names(net), "row of a not back"), timeout=CONVERGE_S)
     for h in hosts:
         eventually(sees(h, set(net.hosts) - {h.name}), timeout=CONVERGE_S)
     eventually(lambda: converged(a, b, c), timeout=CONVERGE_S)
