@@ -1,8 +1,9 @@
 """The small client that the web process and the CLI use to talk to their daemon over ipc.
 
 It is the only door into a daemon from outside: it speaks the control
-protocol of ``daemon.control`` in the wire format of ``daemon.wire`` and
-imports nothing else of the daemon.  Each thread gets its own DEALER socket
+protocol of ``daemon.control`` and follows the session feed of
+``daemon.feed`` (``FeedSubscription``), both in the wire format of
+``daemon.wire``, and imports nothing else of the daemon.  Each thread gets its own DEALER socket
 (ZeroMQ sockets are not thread-safe); a request that times out closes its
 socket and the next request opens a fresh one (the Lazy Pirate pattern), so
 a daemon that restarts is picked up again by itself.
@@ -11,14 +12,19 @@ a daemon that restarts is picked up again by itself.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from logonmesh.daemon import wire
+from logonmesh.daemon.kinds import Entry
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 1000
 
@@ -103,6 +109,54 @@ class DaemonClient:
 
     def close(self) -> None:
         self._reset()
+
+
+@dataclass(frozen=True)
+class FeedMessage:
+    """One checked message of the session feed: a batch of changes, or a tick (the daemon is alive)."""
+
+    type: str            # "sessions" or "tick"
+    incarnation: int     # the daemon's; a new one means a restart: take a fresh snapshot
+    seq: int             # rises by one per message: a gap means one was lost
+    entries: list[Entry]
+
+
+class FeedSubscription:
+    """The daemon's session feed as its web follows it: a SUB over ipc, every frame verified and decoded here.
+
+    One thread owns it (ZeroMQ sockets are not thread-safe).  The SUB keeps
+    whatever arrives (no high-water mark here: the daemon's side is bounded)
+    and reconnects by itself when the daemon restarts.
+    """
+
+    def __init__(self, path: str, cookie: bytes) -> None:
+        self._key = wire.wire_key(cookie)
+        self._sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
+        try:
+            self._sub.setsockopt(zmq.LINGER, 0)
+            self._sub.setsockopt(zmq.RCVHWM, 0)  # never drop here: the daemon's side is bounded
+            self._sub.subscribe(b"")
+            self._sub.connect(f"ipc://{path}")
+        except BaseException:
+            self._sub.close(linger=0)
+            raise
+
+    def receive(self, timeout_ms: int) -> FeedMessage | None:
+        """The next message, waiting at most ``timeout_ms``; None on silence or a frame that fails its checks."""
+        if not self._sub.poll(timeout_ms):
+            return None
+        frame = self._sub.recv()
+        try:
+            env = wire.decode(self._key, frame)
+        except wire.WireError as exc:
+            log.warning("session feed: refused a frame (%s)", exc.reason)
+            return None
+        if env.type not in ("sessions", "tick"):
+            return None
+        return FeedMessage(env.type, env.incarnation, env.seq, env.payload.get("entries", []))
+
+    def close(self) -> None:
+        self._sub.close(linger=0)
 
 
 def _now_ms() -> float:

@@ -175,6 +175,11 @@ class Settings:
     def ipc_path(self) -> str:
         return ipc_path(self.run_dir, self.require_name())
 
+    @property
+    def feed_path(self) -> str:
+        """Where this node's daemon publishes the session feed that its web mirrors."""
+        return feed_path(self.run_dir, self.require_name())
+
     def require_name(self) -> str:
         if not self.name:
             raise ConfigError("--name / LOGONMESH_NODE is required")
@@ -207,6 +212,10 @@ class Settings:
 
 def ipc_path(run_dir: str, name: str) -> str:
     return os.path.join(run_dir, f"{name}.ipc")
+
+
+def feed_path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, f"{name}.sessions.ipc")
 
 
 def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,

@@ -28,11 +28,6 @@ from logonmesh.daemon.kinds import Entry
 FEED_HWM = 100_000
 
 
-def feed_path(run_dir: str, name: str) -> str:
-    """Where a daemon's session feed lives; the web computes the same path."""
-    return os.path.join(run_dir, f"{name}.sessions.ipc")
-
-
 class SessionFeed:
     def __init__(self, ctx: zmq.Context, path: str, codec: wire.Codec) -> None:
         self.path = path

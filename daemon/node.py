@@ -43,7 +43,7 @@ from logonmesh.daemon.effects import (
     Send,
     Unfollow,
 )
-from logonmesh.daemon.feed import SessionFeed, feed_path
+from logonmesh.daemon.feed import SessionFeed
 from logonmesh.daemon.kinds import KINDS, Entry, record_entry
 from logonmesh.daemon.monitor import MonitorFeed, open_feed
 from logonmesh.daemon.replica import STALE_ROW_FACTOR, Replica
@@ -182,7 +182,7 @@ class Daemon:
                         s.bind, s.advertised_host)
         self.replica.bound(self.bus.endpoint, self.peer_endpoint)
         self._dealers = Dealers(self.ctx, self.curve)
-        self._feed = SessionFeed(self.ctx, feed_path(s.run_dir, self.name),
+        self._feed = SessionFeed(self.ctx, s.feed_path,
                                 wire.Codec(self.cookie, self.name, self.incarnation))
         self.monitor = open_feed(self.ctx, s.run_dir, wire.Codec(self.cookie, self.name, self.incarnation),
                                  {"bus-pub": self.bus.pub, "bus-sub": self.bus.sub, "peer-router": self.router})

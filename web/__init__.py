@@ -17,7 +17,6 @@ from flask_wtf.csrf import CSRFProtect
 from logonmesh.daemon.client import DaemonClient
 from logonmesh.daemon.config import Settings, resolve_cookie
 from logonmesh.web import security
-from logonmesh.daemon.feed import feed_path
 from logonmesh.web.link import DaemonLink
 from logonmesh.web.mirror import SessionMirror
 
@@ -59,7 +58,7 @@ def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
                                     timeout_ms=DAEMON_TIMEOUT_MS)
     app.extensions["logonmesh.daemon"] = DaemonLink(client)
     app.extensions["logonmesh.mirror"] = SessionMirror(
-        feed_path(settings.run_dir, settings.require_name()), settings.ipc_path, cookie, client,
+        settings.feed_path, settings.ipc_path, cookie, client,
         stale_after_s=mirror_staleness(settings))
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     csrf.init_app(app)

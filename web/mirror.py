@@ -2,7 +2,8 @@
 
 A protected page must know whether a session token is valid.  Asking the
 daemon costs a round trip per request; this mirror answers from memory and is
-kept exact by the daemon's session feed (``daemon.feed``), in the manner of
+kept exact by the daemon's session feed (``daemon.feed``, followed through
+``daemon.client.FeedSubscription``), in the manner of
 the Clone pattern: subscribe first, then take a snapshot stamped with the
 feed's sequence number, then apply every later update in order.  A gap, a new
 daemon incarnation or silence makes the mirror untrusted until the next
@@ -20,10 +21,7 @@ import threading
 import time
 from typing import Any
 
-import zmq
-
-from logonmesh.daemon import wire
-from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, FeedMessage, FeedSubscription
 from logonmesh.daemon.kinds import split_record_key
 
 log = logging.getLogger(__name__)
@@ -41,7 +39,7 @@ class SessionMirror:
         self.ipc_path = ipc_path
         self.client = client
         self.stale_after_s = stale_after_s
-        self._key = wire.wire_key(cookie)
+        self._cookie = cookie
         # token -> (user, uid, expires_ms); user None for a tombstone (a logout)
         self._sessions: dict[str, tuple[str | None, str | None, int]] = {}
         # namespace -> key -> (hlc, origin, value or DELETED): versions kept so a late write cannot undo a newer one
@@ -121,30 +119,20 @@ class SessionMirror:
     # ---- the mirror's own thread -------------------------------------------
 
     def _run(self) -> None:
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.linger = 0
-        sub.rcvhwm = 0  # never drop here; the daemon's side is bounded
-        sub.subscribe(b"")
-        sub.connect(f"ipc://{self.feed_path}")  # zmq reconnects by itself when the daemon restarts
+        feed = FeedSubscription(self.feed_path, self._cookie)
         purged = time.monotonic()
         try:
             while not self._stop.is_set():
-                if sub.poll(POLL_MS):
-                    self._receive(sub.recv())
+                message = feed.receive(POLL_MS)
+                if message is not None:
+                    self._receive(message)
                 if time.monotonic() - purged > PURGE_EVERY_S:
                     self._purge()
                     purged = time.monotonic()
         finally:
-            sub.close(linger=0)
+            feed.close()
 
-    def _receive(self, frame: bytes) -> None:
-        try:
-            env = wire.decode(self._key, frame)
-        except wire.WireError as exc:
-            log.warning("session feed: refused a frame (%s)", exc.reason)
-            return
-        if env.type not in ("sessions", "tick"):
-            return
+    def _receive(self, env: FeedMessage) -> None:
         if not self._trusted or env.incarnation != self._incarnation:
             if not self._snapshot():
                 return
@@ -156,7 +144,7 @@ class SessionMirror:
             self._snapshot()
             return
         if env.type == "sessions":
-            self._apply(env.payload["entries"])
+            self._apply(env.entries)
         self._seq = env.seq
         self._heard = time.monotonic()
 
