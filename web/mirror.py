@@ -8,13 +8,14 @@ feed's sequence number, then apply every later update in order.  A gap, a new
 daemon incarnation or silence makes the mirror untrusted until the next
 snapshot, and an untrusted mirror says "ask the daemon" (``UNKNOWN``), so the
 answer is never older than ``stale_after_s``.  One thread owns the SUB socket;
-request threads only read the dict.
+request threads read the dict and record their own revocations in it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -23,6 +24,7 @@ import zmq
 
 from logonmesh.daemon import wire
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+from logonmesh.daemon.restart import Restarts
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +109,49 @@ class SessionMirror:
     # ---- the mirror's own thread -------------------------------------------
 
     def _run(self) -> None:
+        """Follow the feed until close(); a failure is logged with its cause, then a restart or giving up.
+
+        While the thread is down or restarting the mirror is untrusted, so every
+        request asks the daemon: slower, never wrong.  A mirror that fails 5
+        times within 60 s (``daemon.restart``) gives up and stops the web with
+        one line on stderr, rather than serving on with a dead thread.
+        """
+        restarts = self.restarts()
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                return  # close() asked us to stop
+            except Exception as exc:
+                self._trusted = False
+                delay = restarts.failed()
+                if delay is None:
+                    self.give_up(f"the session mirror gave up after {restarts.describe()} "
+                                 f"(last: {type(exc).__name__}: {exc}); stopping the web", exc)
+                    return
+                log.error("session mirror failed (%s: %s); restarting in %.2f s (%s)", type(exc).__name__,
+                          exc, delay, restarts.describe(), exc_info=exc)
+                self._stop.wait(delay)
+
+    def restarts(self) -> Restarts:
+        """The restart policy of the mirror's thread (a method, so a test can make it quick)."""
+        return Restarts()
+
+    def give_up(self, message: str, exc: Exception) -> None:
+        """Stop the web process: one line on stderr, then the clean SIGTERM path with exit code 1."""
+        log.critical("%s", message, exc_info=exc)
+        print(f"logonmesh: {message}", file=sys.stderr, flush=True)
+        from logonmesh.web import serve  # here: serve imports the app, which imports this module
+        serve.stop(1)
+
+    def _follow(self) -> None:
+        """One life of the thread: a fresh SUB (so no half-read state survives a failure), then the feed."""
         sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.linger = 0
-        sub.rcvhwm = 0  # never drop here; the daemon's side is bounded
-        sub.subscribe(b"")
-        sub.connect(f"ipc://{self.feed_path}")  # zmq reconnects by itself when the daemon restarts
-        purged = time.monotonic()
         try:
+            sub.linger = 0
+            sub.rcvhwm = 0  # never drop here; the daemon's side is bounded
+            sub.subscribe(b"")
+            sub.connect(f"ipc://{self.feed_path}")  # zmq reconnects by itself when the daemon restarts
+            purged = time.monotonic()
             while not self._stop.is_set():
                 if sub.poll(POLL_MS):
                     self._receive(sub.recv())
@@ -161,10 +199,19 @@ class SessionMirror:
         return True
 
     def _purge(self) -> None:
-        """Forget expired sessions (the daemon purges its own without telling the feed)."""
+        """Forget expired sessions (the daemon purges its own without telling the feed).
+
+        Request threads insert into the dict meanwhile (``revoked``), so this
+        walks a copy: ``dict.copy()`` runs under the GIL in one step, while
+        iterating the live dict raises "dictionary changed size during
+        iteration".  A token re-inserted between the copy and its pop may be
+        forgotten, which only makes its next lookup ask the daemon.
+        """
         now = time.time() * 1000
-        for token in [t for t, found in self._sessions.items() if found[2] <= now]:
-            self._sessions.pop(token, None)
+        sessions = self._sessions
+        for token, found in sessions.copy().items():
+            if found[2] <= now:
+                sessions.pop(token, None)
 
     def _apply(self, entries: list) -> None:
         sessions = self._sessions
