@@ -9,20 +9,23 @@ feed's sequence number, then apply every later update in order.  A gap, a new
 daemon incarnation or silence makes the mirror untrusted until the next
 snapshot, and an untrusted mirror says "ask the daemon" (``UNKNOWN``), so the
 answer is never older than ``stale_after_s``.  One thread owns the SUB socket;
-request threads only read the dicts.  Which kinds the feed carries is said by
-``daemon.kinds`` (``mirrored``); a kind this mirror does not know is ignored.
+request threads read the dicts and record their own revocations and writes
+in them.  Which kinds the feed carries is said by ``daemon.kinds``
+(``mirrored``); a kind this mirror does not know is ignored.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, FeedMessage, FeedSubscription
 from logonmesh.daemon.kinds import split_record_key
+from logonmesh.daemon.restart import Restarts
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +122,45 @@ class SessionMirror:
     # ---- the mirror's own thread -------------------------------------------
 
     def _run(self) -> None:
+        """Follow the feed until close(); a failure is logged with its cause, then a restart or giving up.
+
+        While the thread is down or restarting the mirror is untrusted, so every
+        request asks the daemon: slower, never wrong.  A mirror that fails 5
+        times within 60 s (``daemon.restart``) gives up and stops the web with
+        one line on stderr, rather than serving on with a dead thread.
+        """
+        restarts = self.restarts()
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                return  # close() asked us to stop
+            except Exception as exc:
+                self._trusted = False
+                delay = restarts.failed()
+                if delay is None:
+                    self.give_up(f"the session mirror gave up after {restarts.describe()} "
+                                 f"(last: {type(exc).__name__}: {exc}); stopping the web", exc)
+                    return
+                log.error("session mirror failed (%s: %s); restarting in %.2f s (%s)", type(exc).__name__,
+                          exc, delay, restarts.describe(), exc_info=exc)
+                self._stop.wait(delay)
+
+    def restarts(self) -> Restarts:
+        """The restart policy of the mirror's thread (a method, so a test can make it quick)."""
+        return Restarts()
+
+    def give_up(self, message: str, exc: Exception) -> None:
+        """Stop the web process: one line on stderr, then the clean SIGTERM path with exit code 1."""
+        log.critical("%s", message, exc_info=exc)
+        print(f"logonmesh: {message}", file=sys.stderr, flush=True)
+        from logonmesh.web import serve  # here: serve imports the app, which imports this module
+        serve.stop(1)
+
+    def _follow(self) -> None:
+        """One life of the thread: a fresh subscription (so no half-read state survives a failure), then the feed."""
         feed = FeedSubscription(self.feed_path, self._cookie)
-        purged = time.monotonic()
         try:
+            purged = time.monotonic()
             while not self._stop.is_set():
                 message = feed.receive(POLL_MS)
                 if message is not None:
@@ -163,10 +202,19 @@ class SessionMirror:
         return True
 
     def _purge(self) -> None:
-        """Forget expired sessions (the daemon purges its own without telling the feed)."""
+        """Forget expired sessions (the daemon purges its own without telling the feed).
+
+        Request threads insert into the dict meanwhile (``revoked``), so this
+        walks a copy: ``dict.copy()`` runs under the GIL in one step, while
+        iterating the live dict raises "dictionary changed size during
+        iteration".  A token re-inserted between the copy and its pop may be
+        forgotten, which only makes its next lookup ask the daemon.
+        """
         now = time.time() * 1000
-        for token in [t for t, found in self._sessions.items() if found[2] <= now]:
-            self._sessions.pop(token, None)
+        sessions = self._sessions
+        for token, found in sessions.copy().items():
+            if found[2] <= now:
+                sessions.pop(token, None)
 
     def _apply(self, entries: list) -> None:
         sessions = self._sessions

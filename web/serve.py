@@ -8,6 +8,7 @@ its loop on SystemExit, drains its threads and returns; the handler raises it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -20,6 +21,7 @@ from logonmesh.web import create_app
 log = logging.getLogger(__name__)
 
 THREADS = 8
+_exit_code = 0  # what the next SIGTERM exits with; stop() raises it for a thread that gave up
 
 
 def serve(settings: Settings, port: int) -> None:
@@ -34,8 +36,10 @@ def serve(settings: Settings, port: int) -> None:
         sys.exit(1)
     log.info("web %s serving on http://%s:%d (daemon ipc %s)", settings.name, settings.host, port,
              settings.ipc_path)
-    server.run()
+    server.run()  # returns on the SystemExit that _leave raises: waitress catches it to drain
     log.info("web %s stopped", settings.name)
+    if _exit_code:
+        sys.exit(_exit_code)
 
 
 def _stop_on_signals() -> None:
@@ -43,8 +47,15 @@ def _stop_on_signals() -> None:
         signal.signal(sig, _leave)
 
 
+def stop(code: int) -> None:
+    """From any thread: leave the way SIGTERM does (waitress drains its threads), then exit with ``code``."""
+    global _exit_code
+    _exit_code = code
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _leave(signum: int, frame: FrameType | None) -> None:
     """Ignore further signals (honcho may send more) so the shutdown itself is never interrupted."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    raise SystemExit(0)
+    raise SystemExit(_exit_code)
