@@ -156,7 +156,7 @@ def resources(self):
         raise sqlite3.OperationalError("unable to open database file")
     return opened(self)
 node.Daemon._resources = resources
-from logonmesh.daemon.cli import main
+from logonmesh.cli import main
 main(["daemon"], prog_name="logonmesh")
 """
 
