@@ -71,10 +71,9 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(heartbeat_ms=100) as cluster:
-        cluster.start_nodes("node", 2)
-        yield cluster
+def local_cluster(two_nodes: LocalCluster) -> LocalCluster:
+    """The shared two nodes (tests/conftest.py), under the name the browser tests use."""
+    return two_nodes
 
 
 @pytest.fixture

@@ -95,12 +95,12 @@ class Stream:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(heartbeat_ms=100) as c:
-        n1, n2 = c.start_nodes("n", 2, web=False)
-        n1.call("register", username="alice", password_hash=SECRET_HASH)
-        eventually(lambda: _assert_has_user(n2, "alice"))
-        yield c
+def cluster(two_daemons: LocalCluster) -> LocalCluster:
+    """The shared two daemons (tests/conftest.py), with alice signed up on n1 and known to n2."""
+    n1, n2 = two_daemons.nodes
+    n1.call("register", username="alice", password_hash=SECRET_HASH)
+    eventually(lambda: _assert_has_user(n2, "alice"))
+    return two_daemons
 
 
 # ---- peers, status, cache ------------------------------------------------------------

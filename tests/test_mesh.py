@@ -95,11 +95,9 @@ def run_daemon_cli(cluster: LocalCluster, name: str) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def pair():
-    """Two daemons shared by the tests that need no fresh cluster; each of them uses its own names."""
-    with LocalCluster(heartbeat_ms=100) as cluster:
-        cluster.start_nodes("p", 2, web=False)
-        yield cluster
+def pair(two_daemons: LocalCluster) -> LocalCluster:
+    """The shared two daemons (tests/conftest.py), for the tests that need no fresh cluster."""
+    return two_daemons
 
 
 def cache_counts(node: Node) -> tuple[int, int, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from typing import Iterator
 
 import pytest
 
@@ -21,10 +20,9 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(heartbeat_ms=100) as cluster:
-        cluster.start_nodes("m", 2)
-        yield cluster
+def local_cluster(two_nodes: LocalCluster) -> LocalCluster:
+    """The shared two nodes (tests/conftest.py), shadowing the plugin's per-test fixture."""
+    return two_nodes
 
 
 def login(node: Node) -> tuple[Browser, str]:

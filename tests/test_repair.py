@@ -37,10 +37,9 @@ def converged(cluster: LocalCluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def trio():
-    with LocalCluster() as cluster:
-        cluster.start_nodes("r", 3, web=False)
-        yield cluster
+def trio(three_daemons: LocalCluster) -> LocalCluster:
+    """The shared three daemons (tests/conftest.py)."""
+    return three_daemons
 
 
 @pytest.mark.parametrize("leaves,per_leaf,max_bytes", [(1, 5, 20_000), (64, 2, 200_000),

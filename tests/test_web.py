@@ -12,7 +12,7 @@ import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -28,11 +28,9 @@ DOWN_DEADLINE_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    """Shadows the plugin's per-test fixture, so failing tests still get every node's logs attached."""
-    with LocalCluster(heartbeat_ms=100) as cluster:
-        cluster.start_nodes("node", 2)
-        yield cluster
+def local_cluster(two_nodes: LocalCluster) -> LocalCluster:
+    """The shared two nodes (tests/conftest.py), shadowing the plugin's per-test fixture."""
+    return two_nodes
 
 
 @pytest.fixture
