@@ -52,15 +52,23 @@ def test_the_wheel_holds_one_import_root_and_our_two_entry_points(wheel: Path) -
     assert "logonmesh = logonmesh.pytest_plugin" in entry_points
 
 
+def requirements(wheel: Path) -> list[str]:
+    """The wheel's install_requires, from its METADATA (extras left out)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = zf.read(meta).decode().splitlines()
+    return [line.split(":", 1)[1].strip() for line in lines
+            if line.startswith("Requires-Dist:") and "extra ==" not in line]
+
+
 def test_python_daemon_installed_first_stays_python_daemons(wheel: Path, tmp_path: Path) -> None:
-    """The venv sees this machine's packages for our dependencies; what it installs itself is what we check."""
+    """A fresh venv of its own: python-daemon (which owns ``daemon``) and our dependencies first, then us."""
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                        text=True).strip())
+    (site,) = env_dir.glob("lib/python*/site-packages")
     pip = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "python-daemon"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*pip, "python-daemon", *requirements(wheel)], check=True, capture_output=True, timeout=300)
     before = set(os.listdir(site))
     daemon_files = sorted(p.name for p in (site / "daemon").iterdir())
     subprocess.run([*pip, "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
@@ -68,6 +76,8 @@ def test_python_daemon_installed_first_stays_python_daemons(wheel: Path, tmp_pat
     added = set(os.listdir(site)) - before
     assert {n for n in added if not n.startswith("__pycache__")} == {"logonmesh", wheel.name.split("-py3")[0]
                                                                      + ".dist-info"}
+    record = next(site.glob("logonmesh-*.dist-info")) / "RECORD"
+    assert {line.split("/")[0] for line in record.read_text().splitlines() if line} <= added | {".."}
     assert sorted(p.name for p in (site / "daemon").iterdir()) == daemon_files, "python-daemon's files untouched"
     check = ("import daemon, logonmesh.daemon.node as node; "
              "assert hasattr(daemon, 'DaemonContext'), daemon.__file__; print(node.__file__)")
