@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from logonmesh.testing import Browser, LocalCluster, Node, eventually
+from logonmesh.web.mirror import DELETED, HeldRecords
 
 PASSWORD = "correct horse battery"
 
@@ -98,3 +99,18 @@ def test_the_mirror_recovers_after_a_daemon_restart(local_cluster: LocalCluster)
     assert resolves(n1) - before <= 3, "after the restart the mirror was not used again"
     b.logout()
     eventually(lambda: not on_n1.authenticated(), timeout=1.0)
+
+
+def test_held_records_answer_a_prefix_in_key_order_and_see_keys_added_after_a_query() -> None:
+    """In process: the sorted keys are reused between pages and made again when a key arrives."""
+    held = HeldRecords()
+    for key in ("bo/2", "al/9", "al/1", "alx/1"):
+        held.hold(key, (1, "n1", key.upper()))
+    assert held.starting_with("al/") == [("al/1", "AL/1"), ("al/9", "AL/9")]
+    held.hold("al/5", (1, "n1", "AL/5"))
+    held.hold("al/9", (2, "n2", DELETED))       # a newer delete hides it
+    held.hold("al/1", (0, "n9", "older"))       # an older write changes nothing
+    assert held.starting_with("al/") == [("al/1", "AL/1"), ("al/5", "AL/5")]
+    assert held.starting_with("") == [("al/1", "AL/1"), ("al/5", "AL/5"), ("alx/1", "ALX/1"), ("bo/2", "BO/2")]
+    assert held.starting_with("zz") == []
+
