@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from logonmesh.daemon.digest import Digest, bucket_of, entry_hash
 from logonmesh.daemon.hlc import physical, wall_ms
-from logonmesh.daemon.kinds import KINDS as REGISTRY, Entry, split_record_key
+from logonmesh.daemon.kinds import KINDS as REGISTRY, Entry, split_record_key, SortedKeys
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 Stored = bytes | Item                      # as a table holds it: a user packed into bytes, else an Item
@@ -125,7 +125,7 @@ class Cache:
         self._leaf_keys: dict[str, defaultdict[int, set[str]]] = {kind: defaultdict(set) for kind in KINDS}
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
         self.feed_changes: list[Entry] = []  # changes of the mirrored kinds, drained into the web's feed
-        self._namespaces: defaultdict[str, set[str]] = defaultdict(set)  # record namespace -> entry keys
+        self._namespaces: defaultdict[str, SortedKeys] = defaultdict(SortedKeys)  # record namespace -> entry keys
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -172,10 +172,9 @@ class Cache:
 
     def records(self, namespace: str, prefix: str = "") -> list[Entry]:
         """The records of a namespace whose own key starts with prefix, tombstones included, by key."""
-        start = f"{namespace}/{prefix}"
-        table = self.kinds["r"]
-        keys = sorted(k for k in self._namespaces.get(namespace, ()) if k.startswith(start))
-        return [Entry("r", key, *_stored(table[key])) for key in keys]
+        table, keys = self.kinds["r"], self._namespaces.get(namespace)
+        found = keys.starting_with(f"{namespace}/{prefix}") if keys is not None else []
+        return [Entry("r", key, *_stored(table[key])) for key in found]
 
     def load_users(self, users: Iterable[dict]) -> int:
         """Boot: take every stored user, faster than merge (no comparisons, no lists)."""

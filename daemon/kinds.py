@@ -15,6 +15,7 @@ This module does no I/O and imports nothing of the daemon.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -38,6 +39,46 @@ NAMESPACE_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 RECORD_KEY_MAX = 200            # characters of a record's own key (after its namespace)
 RECORD_VALUE_MAX = 4096         # bytes of the value, packed with msgpack (use_bin_type=True)
 KEY_MAX = 256                   # characters of an entry key of every other kind
+
+
+class SortedKeys:
+    """A set of keys that answers "which start with this prefix, in order" without sorting each time.
+
+    Records are read by prefix (a user's ``<username>/``) on every page and by
+    ``record_items``; sorting a namespace per read cost 0.7 ms on the daemon's
+    loop and 2.6 ms per page in the web at 10,000 records.  The keys are sorted
+    again only after the set changed, and ``bisect`` finds the prefix.  The web
+    reads from request threads while its mirror thread writes: a sort made from
+    a set that changed meanwhile carries the older generation, so the next
+    read sorts again rather than trusting it.
+    """
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+        self._generation = 0
+        self._sorted: tuple[int, list[str]] = (-1, [])
+
+    def add(self, key: str) -> None:
+        if key not in self._keys:
+            self._keys.add(key)
+            self._generation += 1
+
+    def discard(self, key: str) -> None:
+        if key in self._keys:
+            self._keys.discard(key)
+            self._generation += 1
+
+    def starting_with(self, prefix: str) -> list[str]:
+        generation, keys = self._generation, self._sorted[1]
+        if self._sorted[0] != generation:
+            keys = sorted(self._keys)  # one C call: no other thread runs in between
+            self._sorted = (generation, keys)
+        found = []
+        for i in range(bisect_left(keys, prefix), len(keys)):
+            if not keys[i].startswith(prefix):
+                break
+            found.append(keys[i])
+        return found
 
 
 def stored_record(entry: Entry) -> StoredRecord:

@@ -127,3 +127,17 @@ def test_the_namespace_index_and_the_feed_see_every_record_change():
     assert cache.records("nothing") == []
     assert cache.feed_changes == entries
     assert cache.counts()["records"] == 6
+
+
+def test_sorted_keys_answer_prefixes_in_order_after_every_change() -> None:
+    from logonmesh.daemon.kinds import SortedKeys
+    keys = SortedKeys()
+    for key in ("b/2", "a/9", "a/1", "ax/1"):
+        keys.add(key)
+    assert keys.starting_with("a/") == ["a/1", "a/9"]
+    keys.add("a/5")
+    keys.discard("a/9")
+    keys.discard("never/there")
+    assert keys.starting_with("a/") == ["a/1", "a/5"]
+    assert keys.starting_with("") == ["a/1", "a/5", "ax/1", "b/2"]
+    assert keys.starting_with("c") == []
