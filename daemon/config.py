@@ -237,8 +237,7 @@ def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None
         except ValueError as exc:
             where = f"{opt.flag} / {opt.env}" if source == opt.flag else f"{opt.env} (or {opt.flag})"
             raise ConfigError(f"{where}: {exc}") from None
-    if values["db"] == OPTIONS_BY_NAME["db"].default:  # parsers run only on given values
-        values["db"] = normalise(values["db"])
+    values["db"] = normalise(values["db"])  # the default too (parsers see only given values); idempotent
     values["run_dir"] = os.path.abspath(values["run_dir"])
     settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
     if require_name:
