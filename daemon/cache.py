@@ -246,6 +246,19 @@ class Cache:
             purged += 1
         return purged
 
+    def shift_expiries(self, delta_ms: int) -> int:
+        """Move every expiry by delta_ms (our clock stepped); returns how many moved.  The digest does not
+        cover expiries, so it stays as it is."""
+        moved = 0
+        for kind, table in self.kinds.items():
+            for key, stored in table.items():
+                if not isinstance(stored, bytes) and stored[3]:
+                    table[key] = (stored[0], stored[1], stored[2], max(1, stored[3] + delta_ms))
+                    moved += 1
+        self._expiry = [(max(1, expires + delta_ms), kind, key) for expires, kind, key in self._expiry]
+        heapq.heapify(self._expiry)
+        return moved
+
     def entries(self, kind: str | None = None) -> Iterator[Entry]:
         for k in (kind,) if kind else KINDS:
             for key, item in self.kinds[k].items():

@@ -398,10 +398,10 @@ class Daemon:
             raise TypeError(f"unknown effect {fx!r}")
 
     def _poll_registry(self) -> None:
-        stale_before = time.time() - STALE_ROW_FACTOR * self.settings.down_after_ms / 1000
+        stale_after_s = STALE_ROW_FACTOR * self.settings.down_after_ms / 1000
 
         def job(res: Backend) -> list[NodeRow]:
-            pruned = res.registry.prune(stale_before)
+            pruned = res.registry.prune(stale_after_s)
             if pruned:
                 log.info("pruned stale registry rows: %s", ", ".join(pruned))
             return res.registry.peers()

@@ -47,9 +47,12 @@ def make_entry(kind: str, key: str, hlc: int, origin: str) -> Entry:
     else:
         value = None if hlc % 3 == 0 else {"uid": f"{origin}x{hlc}", "user": key}
     # NOW-1000 .. NOW+3000, so some have already expired.  A later version never expires earlier than
-    # an older one of the same key (the daemon's revoke gives a tombstone the session's own expiry),
-    # which is what lets a purge forget a key for good.
+    # an older one of the same key, and a session's tombstone never before any live copy of its token
+    # (the daemon's revoke gives it the session's own expiry and a grace): that is what lets a purge
+    # forget a key for good.
     expires = NOW + (hlc // 3 - 1) * 1000
+    if kind == "s" and value is None:
+        expires = NOW + 3000 + hlc // 3 * 1000
     return Entry(kind, key, hlc, origin, value, expires)
 
 

@@ -511,6 +511,27 @@ def test_a_peer_restarted_with_its_clock_stepped_back_is_measured_again() -> Non
     assert abs(r.peers_report()["peers"][0]["clock_offset_ms"] + 600_000) <= 1
 
 
+@pytest.mark.parametrize("step_ms", [-600_000, 600_000])
+def test_when_our_own_clock_steps_every_expiry_moves_with_it(step_ms: int, caplog: pytest.LogCaptureFixture) -> None:
+    world = FakeClock()
+    own = SkewedClock(world, 0)
+    r = replica(clock=own)
+    r.apply_local([session("tok", "al", 1 << 40, "n1", own.wall_ms() + 60_000)])
+    own.skew_ms = step_ms  # NTP steps our clock; monotonic time goes on
+    with caplog.at_level(logging.WARNING, logger="logonmesh.daemon.replica"):
+        r.purge()
+    assert r.stats["own_clock_steps"] == 1 and any("stepped by" in m for m in caplog.messages)
+    world.advance(59_999)
+    r.purge()
+    assert r.has("s", "tok")  # neither cut short by a step forward
+    world.advance(1)
+    r.purge()
+    assert not r.has("s", "tok")  # nor lengthened by a step back
+    own.skew_ms += 400  # a small move (slewing): absorbed
+    r.purge()
+    assert r.stats["own_clock_steps"] == 1
+
+
 @pytest.mark.parametrize("skew_ms", [300_000, -300_000])
 def test_replicas_whose_clocks_disagree_converge_and_stop_repairing(skew_ms: int) -> None:
     """Sessions, a logout made where the session was unknown, failure counts: equal digests, then quiet."""
