@@ -67,6 +67,7 @@ class Mesh:
     lookups: int = 0                                  # mirror lookups
     mirror_current: bool = True
     serving: Node | None = None
+    peers_report: dict[str, Any] = field(default_factory=dict)  # what every daemon's `peers` op answers
 
     def advance(self, seconds: float) -> None:
         self.real_ms += seconds * 1000
@@ -115,6 +116,9 @@ class FakeDaemon:
 
     def op_record_items(self, namespace: str, prefix: str) -> dict[str, Any]:
         return {"items": []}
+
+    def op_peers(self) -> dict[str, Any]:
+        return self.mesh.peers_report
 
     def op_session_create(self, username: str) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
@@ -407,3 +411,43 @@ def test_without_a_current_mirror_one_daemon_answer_serves_the_lifetimes_too(mes
     mesh.advance(IDLE_S + 1)
     assert not served(b.get(node, "/budget"))
     assert mesh.calls["session_resolve"] == 2 and token and mesh.revoked(token)
+
+
+# ---- the offsets on the /cluster page ------------------------------------------------------------
+
+def _peer(name: str, offset_ms: float | None, skewed: bool) -> dict[str, Any]:
+    return {"name": name, "up": True, "heard_ms_ago": 80, "reason": "", "in_registry": True, "digest_match": True,
+            "last_seq": 9, "bus": "tcp://127.0.0.1:40001", "peer": "tcp://127.0.0.1:40002", "beat_gaps_ms": [100],
+            "clock_offset_ms": offset_ms, "clock_rtt_ms": 0.3 if offset_ms is not None else None,
+            "clock_skewed": skewed}
+
+
+def test_the_cluster_page_shows_each_offset_and_flags_the_skewed_ones(mesh: Mesh, make_node: Any) -> None:
+    node = make_node("n1", 0)
+    mesh.peers_report = {"node": "n1", "digest": "ab" * 16, "heartbeat_ms": 100, "down_after_ms": 300,
+                         "max_clock_offset_ms": 500,
+                         "peers": [_peer("n2", 0.4, False), _peer("n3", -300_004.0, True), _peer("n4", None, False)]}
+    b = Browser(mesh)
+    b.login(node)
+    page = b.get(node, "/cluster")
+    assert served(page)
+    html = page.get_data(as_text=True)
+    cells = dict(re.findall(r'<th scope="row">(\w+)</th>.*?<td class="num offset">(.*?)</td>', html, re.S))
+    assert cells == {"n1": "—", "n2": "+0.4 ms", "n3": '<span class="bad">\u2212300.0 s !</span>', "n4": "?"}
+    notes = re.findall(r'<p class="bad clock-note">(.*?)</p>', html)
+    assert notes == ["! n3&#39;s clock is 300.0 s behind n1&#39;s: beyond the maximum clock offset (500 ms)."]
+    assert "maximum of 500 ms" in html and " style=" not in html and "<script" not in html
+
+
+def test_the_cluster_page_before_the_daemon_measures_offsets(mesh: Mesh, make_node: Any) -> None:
+    """A daemon without the clock fields (older, or not yet measured): '?' for each peer, and no note."""
+    node = make_node("n1", 0)
+    old = _peer("n2", None, False)
+    for key in ("clock_offset_ms", "clock_rtt_ms", "clock_skewed"):
+        old.pop(key)
+    mesh.peers_report = {"node": "n1", "digest": "ab" * 16, "heartbeat_ms": 100, "down_after_ms": 300,
+                         "peers": [old]}
+    b = Browser(mesh)
+    b.login(node)
+    html = b.get(node, "/cluster").get_data(as_text=True)
+    assert '<td class="num offset">?</td>' in html and "clock-note" not in html
