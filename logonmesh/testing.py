@@ -11,11 +11,17 @@ project that installs logonmesh, and a failing test shows every node's logs.
 A partition is made inside the daemons, not in the kernel: each daemon is told
 over its ipc socket which peers to ignore, and it drops every bus and peer
 message to and from them.  That is why it needs no root, and also why it does
-not simulate packet loss at the network level or clock skew.  The cut is
+not simulate packet loss at the network level.  The cut is
 remembered: a node restarted inside a partition is put back into it as soon as
 its control socket answers (in the few milliseconds before, it may hear the
 other side's bus), and a node that was frozen when a cut or a heal was made
 gets it when it resumes.
+
+A node's wall clock can be skewed (``clock_offset_s``, ``Node.set_clock``):
+its processes run under libfaketime (Debian's ``faketime``), which reads the
+offset from a file of the node's, so a step reaches a running node.  Only the
+wall clock moves, never CLOCK_MONOTONIC, as with a real NTP step; and a node
+that was never skewed runs without libfaketime at all.
 
 Two process-level details matter for cleanup and for pause().  The parent-death
 signal that kills nodes when the runner dies belongs to the thread that forked
@@ -28,8 +34,10 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import email.utils
 import glob
 import itertools
+import math
 import os
 import queue
 import shutil
@@ -54,6 +62,16 @@ STOP_TIMEOUT = 5.0
 PAUSE_ATTEMPTS = 50
 PORT_RETRIES = 3
 _live_clusters: set["LocalCluster"] = set()
+
+LIBFAKETIME_ENV = "LOGONMESH_LIBFAKETIME"  # where libfaketime is, when it is in none of the usual places
+LIBFAKETIME_PATHS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                     "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                     "/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+                     "/usr/lib64/faketime/libfaketime.so.1", "/usr/local/lib/faketime/libfaketime.so.1")
+FAKETIME_REREAD_S = 2.1   # libfaketime re-reads its file once the whole second has moved on twice: at most 2 s
+CLOCK_WAIT_S = 10.0       # how long set_clock(wait=True) waits for the node's processes to show the step
+DAEMON_CLOCK_TOLERANCE_S = 1.0  # wall_ms against the harness's clock: the ipc round trip, on a loaded machine
+WEB_CLOCK_TOLERANCE_S = 2.0     # the Date header has whole seconds
 
 
 def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:
@@ -81,6 +99,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ClockSkewUnavailable(RuntimeError):
+    """libfaketime is missing, or a node's clock cannot be stepped the way it was asked."""
+
+
+def libfaketime() -> str:
+    """The path of Debian's libfaketime (LOGONMESH_LIBFAKETIME first), or a one-line error naming the fix."""
+    override = os.environ.get(LIBFAKETIME_ENV)
+    if override:
+        if os.path.isfile(override):
+            return override
+        raise ClockSkewUnavailable(f"{LIBFAKETIME_ENV}={override}: no such file")
+    for pattern in LIBFAKETIME_PATHS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    raise ClockSkewUnavailable("skewing a node's clock needs libfaketime: apt-get install faketime "
+                               f"(or set {LIBFAKETIME_ENV} to its libfaketime.so.1)")
+
+
+def faketime_spec(offset_s: float) -> str:
+    """An offset as libfaketime reads it from its file, relative to the real clock: '+300.000000s', '-0.500000s'."""
+    if isinstance(offset_s, bool) or not isinstance(offset_s, (int, float)) or not math.isfinite(offset_s):
+        raise ValueError(f"a clock offset is a finite number of seconds, not {offset_s!r}")
+    return f"{float(offset_s) + 0.0:+.6f}s"  # + 0.0: -0.0 becomes +0.000000s
 
 
 def _die_with_parent() -> None:
@@ -206,12 +250,18 @@ class Proc:
 class Node:
     """A handle on one node: its daemon, its web process and the ways to hurt them."""
 
-    def __init__(self, cluster: "LocalCluster", name: str, web: bool) -> None:
+    def __init__(self, cluster: "LocalCluster", name: str, web: bool, clock_offset_s: float = 0.0) -> None:
         self.cluster = cluster
         self.name = name
         self.port = free_port() if web else None
         self.url = f"http://127.0.0.1:{self.port}" if web else ""
-        env = dict(cluster.env, LOGONMESH_NODE=name)
+        self.clock_file = os.path.join(cluster.dir, f"{name}.faketime")
+        self._clock_offset_s = 0.0
+        self._faked = False  # runs under libfaketime: from the first non-zero offset or set_clock on
+        self._clock_written_at = time.monotonic()
+        if clock_offset_s != 0:
+            self._write_clock(clock_offset_s)
+        env = self._env()
         logs = cluster.dir
         py = [sys.executable, "-m", "logonmesh"]
         self.daemon = Proc(f"{name} daemon", py + ["daemon"], env, os.path.join(logs, f"{name}.daemon.log"))
@@ -224,6 +274,84 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.url or 'no web'}>"
+
+    # ---- its wall clock -----------------------------------------------------
+
+    @property
+    def clock_offset_s(self) -> float:
+        """How far this node's wall clock is from the real one, in seconds (positive: ahead)."""
+        return self._clock_offset_s
+
+    def set_clock(self, offset_s: float, wait: bool = True) -> None:
+        """Step this node's wall clock to ``offset_s`` seconds from the real one, as an NTP step would.
+
+        A running node takes the step within libfaketime's re-read period (at
+        most 2 s); with ``wait`` this returns once the daemon (its ``wall_ms``)
+        and the web (its Date header) show it.  A stopped node starts with the
+        new offset.  Only a node under libfaketime can be stepped while it
+        runs: one started without an offset has none, so stepping it is refused
+        with a clear error (stop it, set the clock, start it).
+        """
+        faketime_spec(offset_s)
+        if not self._faked and any(p.alive for p in self.procs):
+            if offset_s == 0:
+                return
+            raise ClockSkewUnavailable(f"{self.name} runs without libfaketime (it was started with no clock "
+                                       "offset): stop it, set_clock, then start it")
+        step_s = abs(offset_s - self._clock_offset_s)
+        self._write_clock(offset_s)
+        if wait and self.running:
+            self.wait_clock(step_s)
+
+    def wait_clock(self, step_s: float = math.inf, timeout: float = CLOCK_WAIT_S) -> None:
+        """Until both processes show the clock's offset; a step too small to see, until libfaketime re-read it."""
+        eventually(lambda: self._assert_clock_shown(step_s), timeout=timeout, interval=0.1)
+
+    def _env(self) -> dict[str, str]:
+        """The processes' environment: the cluster's, with libfaketime only for a node that was ever skewed."""
+        env = dict(self.cluster.env, LOGONMESH_NODE=self.name)
+        if self._faked:
+            preload = env.get("LD_PRELOAD", "")
+            env.update(LD_PRELOAD=f"{libfaketime()} {preload}".strip(), FAKETIME_TIMESTAMP_FILE=self.clock_file,
+                       FAKETIME_CACHE_DURATION="1",
+                       # a real NTP step never moves CLOCK_MONOTONIC (and libfaketime 0.9.10 hangs
+                       # threading.Event.wait when it fakes it)
+                       FAKETIME_DONT_FAKE_MONOTONIC="1")
+        return env
+
+    def _write_clock(self, offset_s: float) -> None:
+        """Replace the node's faketime file in one rename, so that libfaketime never reads half of it."""
+        spec = faketime_spec(offset_s)
+        libfaketime()  # fail here, with the fix, rather than at the node's start
+        tmp = f"{self.clock_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(spec + "\n")
+        os.replace(tmp, self.clock_file)
+        self._clock_offset_s = float(offset_s)
+        self._faked = True
+        self._clock_written_at = time.monotonic()
+
+    def _assert_clock_shown(self, step_s: float) -> None:
+        """The daemon's wall_ms and the web's Date header show the offset, each where it can tell."""
+        reread = time.monotonic() - self._clock_written_at >= FAKETIME_REREAD_S
+        before = time.time()
+        wall_ms = self.call("status").get("wall_ms")
+        after = time.time()
+        if wall_ms is None or step_s <= DAEMON_CLOCK_TOLERANCE_S:
+            assert reread, f"{self.name}: waiting for libfaketime to re-read {self.clock_file}"
+        else:
+            _assert_offset(f"{self.name} daemon", wall_ms / 1000, before, after, self._clock_offset_s,
+                           DAEMON_CLOCK_TOLERANCE_S)
+        if self.web is None:
+            return
+        before = time.time()
+        date = requests.get(f"{self.url}/healthz", timeout=2).headers["Date"]
+        after = time.time()
+        if step_s <= WEB_CLOCK_TOLERANCE_S:
+            assert reread, f"{self.name}: waiting for libfaketime to re-read {self.clock_file}"
+        else:  # whole seconds: the web's clock was up to 1 s later than its Date
+            _assert_offset(f"{self.name} web", email.utils.parsedate_to_datetime(date).timestamp(), before - 1,
+                           after, self._clock_offset_s, WEB_CLOCK_TOLERANCE_S)
 
     def _rebind_web(self) -> bool:
         """On first start only: if another socket took the free port we picked, try another one.
@@ -257,7 +385,11 @@ class Node:
         return [p.pid for p in self.procs if p.alive and p.pid is not None]
 
     def start(self) -> None:
+        """Start whichever of its processes are not running, with the node's current clock offset."""
+        env = self._env()
         for proc in self.procs:
+            if not proc.alive:
+                proc.env = env
             proc.start()
 
     def stop(self) -> None:
@@ -401,10 +533,16 @@ class LocalCluster:
     def all_logs(self) -> str:
         return "".join(node.logs() for node in self.nodes)
 
-    def start_nodes(self, prefix: str, n: int, web: bool = True, wait: bool = True) -> list[Node]:
-        """Start n more nodes named prefix1, prefix2, … (numbering goes on across calls)."""
+    def start_nodes(self, prefix: str, n: int, web: bool = True, wait: bool = True,
+                    clock_offset_s: float = 0.0) -> list[Node]:
+        """Start n more nodes named prefix1, prefix2, … (numbering goes on across calls).
+
+        ``clock_offset_s`` skews their wall clocks, the daemon's and the web's,
+        by that many seconds (positive: ahead); Node.set_clock steps one later.
+        """
+        faketime_spec(clock_offset_s)
         counter = self._counters.setdefault(prefix, itertools.count(1))
-        new = [Node(self, f"{prefix}{next(counter)}", web) for _ in range(n)]
+        new = [Node(self, f"{prefix}{next(counter)}", web, clock_offset_s) for _ in range(n)]
         self.nodes.extend(new)
         for node in new:
             node.start()
@@ -632,6 +770,14 @@ class Browser:
     def authenticated(self) -> bool:
         """Whether /budget on this node serves the page (not a redirect to the login)."""
         return self.get("/budget").status_code == 200
+
+
+def _assert_offset(label: str, seen_s: float, before_s: float, after_s: float, offset_s: float,
+                   tolerance_s: float) -> None:
+    """A clock read between ``before_s`` and ``after_s`` (the harness's clock) shows ``offset_s``, give or take."""
+    low, high = before_s + offset_s - tolerance_s, after_s + offset_s + tolerance_s
+    assert low <= seen_s <= high, \
+        f"{label}: clock at {seen_s - (before_s + after_s) / 2:+.3f} s from the harness's, want {offset_s:+.3f} s"
 
 
 def _frozen(pid: int | None) -> bool:
