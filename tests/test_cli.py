@@ -121,7 +121,21 @@ def test_peers_lists_both_nodes_as_up(cluster):
     assert states == {"n1": "up", "n2": "self"}
     n1 = next(p for p in data["peers"] if p["name"] == "n1")
     assert n1["bus"].startswith("tcp://") and n1["last_seq"] > 0 and n1["heartbeat_age_s"] < 5
-    assert "clock_offset_ms" in n1 and n1["clock_skewed"] is False and "max_clock_offset_ms" in data
+    assert n1["clock_skewed"] is False and data["max_clock_offset_ms"] == 500
+
+
+def test_peers_shows_the_measured_offset_of_a_node_on_the_same_clock(cluster):
+    """One host, one clock: the estimate is within milliseconds of zero, and no node is flagged."""
+    def offset_of_n2() -> dict:
+        data = json.loads(run(cluster, "peers", "--json", "--node", "n1").stdout)
+        n2 = next(p for p in data["peers"] if p["name"] == "n2")
+        assert n2["clock_offset_ms"] is not None, n2
+        return n2
+    n2 = eventually(offset_of_n2, timeout=10)
+    assert abs(n2["clock_offset_ms"]) < 50 and n2["clock_rtt_ms"] >= 0 and n2["clock_skewed"] is False
+    text = run(cluster, "peers", "--node", "n1").stdout
+    cell = next(line.split() for line in text.splitlines() if line.startswith("n2 "))[6]
+    assert cell.endswith("ms") and cell[0] in "+-" and "!" not in text, text
 
 
 # ---- peers: the clock offset column, from a report fed to the printer ----------------------
@@ -156,8 +170,8 @@ def test_peers_shows_each_offset_and_flags_the_skewed_ones(capsys):
     assert [cells[n][6] for n in ("n1", "n2", "n3", "n4", "n5")] == ["-", "+0.4ms", "+300.0s!", "-300.0s!", "?"]
     assert cells["n2"][8] == ":42002"  # the peer endpoint on the bus's host: its port only
     notes = [line for line in lines if line.startswith("! ")]
-    assert notes == ["! n3's clock is 300.0s ahead of n1's: beyond the maximum clock offset (500ms)",
-                     "! n4's clock is 300.0s behind n1's: beyond the maximum clock offset (500ms)"]
+    assert notes == ["! n3's clock is 300.0s ahead of n1's, beyond the 500ms maximum",
+                     "! n4's clock is 300.0s behind n1's, beyond the 500ms maximum"]
     assert all(len(line) <= 80 for line in lines)
     n3 = next(p for p in merged if p["name"] == "n3")
     assert (n3["clock_offset_ms"], n3["clock_rtt_ms"], n3["clock_skewed"]) == (300_004.0, 0.2, True)

@@ -6,13 +6,20 @@ node's own clock frame, as the daemons and mirrors do.  The real time and each
 node's clock are driven by the test: ``web.sessions.now_ms`` (the web's one
 clock seam) and itsdangerous's signing timestamp read the clock of the node
 whose request is being served.  A browser carries one cookie from node to node.
-The multi-process tests with real skewed clocks (libfaketime) are the harness's.
+The last section runs real nodes, one with its clock 300 s ahead under
+libfaketime, for what only real processes show: the offset each daemon
+measures, in ``logonmesh peers`` and on /cluster, and a session that crosses.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +32,10 @@ from itsdangerous import TimestampSigner
 from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
+from logonmesh import testing
 from logonmesh.daemon.config import Settings
+from logonmesh.pytest_plugin import attach_logs_on_failure
+from logonmesh.testing import LocalCluster, eventually
 from logonmesh.web import create_app, sessions
 from logonmesh.web.mirror import UNKNOWN
 
@@ -435,7 +445,7 @@ def test_the_cluster_page_shows_each_offset_and_flags_the_skewed_ones(mesh: Mesh
     cells = dict(re.findall(r'<th scope="row">(\w+)</th>.*?<td class="num offset">(.*?)</td>', html, re.S))
     assert cells == {"n1": "—", "n2": "+0.4 ms", "n3": '<span class="bad">\u2212300.0 s !</span>', "n4": "?"}
     notes = re.findall(r'<p class="bad clock-note">(.*?)</p>', html)
-    assert notes == ["! n3&#39;s clock is 300.0 s behind n1&#39;s: beyond the maximum clock offset (500 ms)."]
+    assert notes == ["! n3&#39;s clock is 300.0 s behind n1&#39;s, beyond the 500 ms maximum."]
     assert "maximum of 500 ms" in html and " style=" not in html and "<script" not in html
 
 
@@ -451,3 +461,82 @@ def test_the_cluster_page_before_the_daemon_measures_offsets(mesh: Mesh, make_no
     b.login(node)
     html = b.get(node, "/cluster").get_data(as_text=True)
     assert '<td class="num offset">?</td>' in html and "clock-note" not in html
+
+
+# ---- real nodes, one of them 300 s ahead (libfaketime) -------------------------------------------
+
+EXE = shutil.which("logonmesh", path=os.path.dirname(sys.executable)) or shutil.which("logonmesh")
+OFFSET_CLOSE_MS = 50.0  # one host: the estimate is right to within a few ms; this leaves room for a busy machine
+
+
+@pytest.fixture(scope="module")
+def skewed_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """ok1 on the real clock and fast1 SKEW_S ahead, each a daemon and a web."""
+    attach_logs_on_failure(request.config)
+    with LocalCluster() as cluster:
+        cluster.start_nodes("ok", 1)
+        cluster.start_nodes("fast", 1, clock_offset_s=SKEW_S)
+        yield cluster
+
+
+def peers_json(cluster: LocalCluster, node: str) -> dict[str, Any]:
+    proc = subprocess.run([EXE, "peers", "--json", "--node", node], env=cluster.env, cwd=cluster.dir,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def measured(cluster: LocalCluster, node: str, peer: str) -> dict[str, Any]:
+    """The peer's record in `peers --json`, once the daemon has an offset for it."""
+    found = next(p for p in peers_json(cluster, node)["peers"] if p["name"] == peer)
+    assert found["clock_offset_ms"] is not None and found["clock_rtt_ms"] is not None, found
+    return found
+
+
+def test_peers_shows_the_measured_offset_of_a_skewed_node_and_still_exits_0(skewed_cluster: LocalCluster) -> None:
+    for asking, peer, sign in (("ok1", "fast1", 1), ("fast1", "ok1", -1)):
+        found = eventually(lambda: measured(skewed_cluster, asking, peer), timeout=10)
+        assert abs(found["clock_offset_ms"] - sign * SKEW_S * 1000) < OFFSET_CLOSE_MS, found
+        assert found["clock_skewed"] is True and found["up"] is True
+    proc = subprocess.run([EXE, "peers", "--node", "ok1"], env=skewed_cluster.env, cwd=skewed_cluster.dir,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    lines = proc.stdout.splitlines()
+    row = next(line.split() for line in lines if line.startswith("fast1 "))
+    assert row[lines[1].split().index("OFFSET")] == "+300.0s!", proc.stdout
+    assert "! fast1's clock is 300.0s ahead of ok1's, beyond the 500ms maximum" in lines
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_the_cluster_page_flags_the_skewed_node(skewed_cluster: LocalCluster) -> None:
+    ok, fast = skewed_cluster.nodes
+    eventually(lambda: measured(skewed_cluster, "ok1", "fast1"), timeout=10)
+    b = testing.Browser(ok.url)
+    username = f"clock-{secrets.token_hex(5)}"
+    assert b.signup(username, PASSWORD).status_code == 302
+    assert b.login(username, PASSWORD).status_code == 302
+    page = b.get("/cluster")
+    assert page.status_code == 200, page.text[:500]
+    cell = re.search(r'<th scope="row">fast1</th>.*?<td class="num offset">(.*?)</td>', page.text, re.S)
+    assert cell and cell.group(1) == '<span class="bad">+300.0 s !</span>', page.text[:3000]
+    assert "fast1&#39;s clock is 300.0 s ahead of ok1&#39;s, beyond the 500 ms maximum." in page.text
+
+
+@SKEWS
+def test_a_real_session_crosses_between_clocks_300_s_apart(skewed_cluster: LocalCluster, skew_s: int) -> None:
+    """Made on one node, used and logged out on the other: cookie and CSRF accepted whichever clock signed them."""
+    ok, fast = skewed_cluster.nodes
+    made_on, other = (fast, ok) if skew_s > 0 else (ok, fast)  # "behind": signed 300 s behind the reader
+    b = testing.Browser(made_on.url)
+    username = f"clock-{secrets.token_hex(5)}"
+    assert b.signup(username, PASSWORD).status_code == 302
+    eventually(lambda: other.call("user", username=username) is not None)
+    assert b.login(username, PASSWORD).status_code == 302
+    there = b.at(other.url)
+    eventually(there.authenticated)
+    there.get("/budget")
+    assert there.post_form("/budget", {"label": "Tea", "amount": "-3"}).status_code == 303
+    b.get("/budget")
+    resp = b.at(other.url).post_form("/logout")  # the form from made_on, posted to the other node
+    assert (resp.status_code, resp.headers["Location"]) == (302, "/")
+    assert not b.authenticated()

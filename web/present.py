@@ -74,8 +74,8 @@ def clock_notes(me: str, view: dict[str, Any]) -> list[str]:
         ms = p.get("clock_offset_ms")
         if ms is not None and _skewed(p, limit):
             way = "behind" if ms < 0 else "ahead of"
-            notes.append(f"{p['name']}'s clock is {_magnitude(ms)} {way} {me}'s: beyond the maximum clock offset"
-                         f" ({_magnitude(limit) if limit is not None else 'set by --max-clock-offset-ms'}).")
+            beyond = f"the {_magnitude(limit)} maximum" if limit is not None else "--max-clock-offset-ms"
+            notes.append(f"{p['name']}'s clock is {_magnitude(ms)} {way} {me}'s, beyond {beyond}.")
     return notes
 
 

@@ -122,8 +122,8 @@ def _magnitude(ms: float) -> str:
 def skew_note(me: str, peer: str, offset_ms: float, max_offset_ms: float | None) -> str:
     """One line for a peer beyond the maximum clock offset: how far, which way, and the maximum."""
     way = "behind" if offset_ms < 0 else "ahead of"
-    limit = f"{max_offset_ms:.0f}ms" if max_offset_ms is not None else "set by --max-clock-offset-ms"
-    return f"{peer}'s clock is {_magnitude(offset_ms)} {way} {me}'s: beyond the maximum clock offset ({limit})"
+    limit = f"the {max_offset_ms:.0f}ms maximum" if max_offset_ms is not None else "--max-clock-offset-ms"
+    return f"{peer}'s clock is {_magnitude(offset_ms)} {way} {me}'s, beyond {limit}"
 
 
 def print_peers(name: str, how: str, digest: str, merged: list[dict], max_offset_ms: float | None = None) -> None:
