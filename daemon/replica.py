@@ -23,7 +23,7 @@ from typing import Any
 
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import Cache, Item
-from logonmesh.daemon.clock import SYSTEM, Clock
+from logonmesh.daemon.clock import SYSTEM, Clock, StepWatch
 from logonmesh.daemon.effects import (
     AdoptUsers,
     CloseDealer,
@@ -93,7 +93,7 @@ class Replica:
         self._polling = False
         self._pinged_at = -float(PING_EVERY_MS)
         self._pings = 0
-        self._wall_minus_mono = clock.wall_ms() - clock.mono_ms()  # moves only when our own clock steps
+        self._own_steps = StepWatch(max_clock_offset_ms, clock)
 
     # ---- boot ------------------------------------------------------------
 
@@ -200,17 +200,9 @@ class Replica:
         return self.cache.purge(self.clock.wall_ms())
 
     def _follow_own_step(self) -> None:
-        """Our own clock stepped (NTP, a resumed VM): move every expiry with it, so lifetimes keep to real time.
-
-        Expiries are stored in our wall clock; a step of 600 s back would
-        otherwise give every session here 600 s more.  Monotonic time does not
-        step, so the step is what wall minus monotonic moved by.  Smaller moves
-        (NTP slewing, up to the maximum offset) are absorbed as they come.
-        """
-        now = self.clock.wall_ms() - self.clock.mono_ms()
-        step = round(now - self._wall_minus_mono)
-        self._wall_minus_mono = now
-        if abs(step) > self.max_clock_offset_ms:
+        """Our own clock stepped: move every expiry with it (a step back would otherwise lengthen them all)."""
+        step = self._own_steps.step()
+        if step:
             moved = self.cache.shift_expiries(step)
             self.stats["own_clock_steps"] += 1
             log.warning("this node's clock stepped by %+d ms: %d expiries moved with it", step, moved)

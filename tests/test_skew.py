@@ -220,3 +220,29 @@ def test_a_daemon_restarted_with_its_clock_stepped_back_on_fixed_ports_is_accept
         name = signed_up(n2)
         eventually(lambda: _assert_status(Browser(n1.url).login(name, PASSWORD), 302), timeout=5)
         assert "replay" not in str(n1.status()["refused_by_sender"].get("n2", {}))
+
+
+def test_a_running_node_whose_clock_steps_back_still_ends_sessions_on_time(request: pytest.FixtureRequest) -> None:
+    """NTP steps s1's clock 600 s back while it runs: its sessions must not live 600 s longer there."""
+    attach_logs_on_failure(request.config)
+    ttl_s = 8
+    with LocalCluster(env={"LOGONMESH_SESSION_TTL": str(ttl_s)}) as cluster:
+        (n1,) = cluster.start_nodes("n", 1)
+        (s1,) = cluster.start_nodes("s", 1, clock_offset_s=600)
+        name = signed_up(n1)
+        browser = logged_in(s1, name)
+        started = time.monotonic()
+        s1.set_clock(0)  # a step of 600 s back, seen by both of s1's processes
+        eventually(lambda: _assert_status(copy_of(browser, s1).get("/budget"), 200), timeout=2)
+        ended: dict[str, float] = {}
+
+        def both_ended() -> None:
+            for node in (s1, n1):  # a fresh copy of the cookie each time: a node that drops it answers for itself
+                if node.name not in ended and not copy_of(browser, node).authenticated():
+                    ended[node.name] = time.monotonic() - started
+            assert len(ended) == 2, f"still served on {sorted({'s1', 'n1'} - ended.keys())}"
+
+        eventually(both_ended, timeout=ttl_s + 10, interval=0.1)
+        for node_name, seen in ended.items():
+            assert ttl_s - 1.5 <= seen <= ttl_s + 1.5, f"{node_name} served the session {seen:.1f} s (ttl {ttl_s} s)"
+        assert "stepped by -600" in s1.daemon.logs()

@@ -59,7 +59,7 @@ def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
     app.extensions["logonmesh.daemon"] = DaemonLink(client)
     app.extensions["logonmesh.mirror"] = SessionMirror(
         settings.feed_path, settings.ipc_path, cookie, client,
-        stale_after_s=mirror_staleness(settings))
+        stale_after_s=mirror_staleness(settings), step_threshold_ms=settings.max_clock_offset_ms)
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     csrf.init_app(app)
     security.install(app, settings)

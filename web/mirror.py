@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from logonmesh.daemon.clock import StepWatch
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, FeedMessage, FeedSubscription
 from logonmesh.daemon.kinds import SortedKeys, split_record_key
 from logonmesh.daemon.restart import Restarts
@@ -33,6 +34,7 @@ UNKNOWN = object()   # the mirror cannot vouch for the answer: ask the daemon
 DELETED = object()   # a record's tombstone, held so that an older write cannot bring it back
 POLL_MS = 100
 PURGE_EVERY_S = 10.0
+STEP_SETTLE_S = 1.5  # after our clock stepped: the daemon moves its expiries within its 1 s purge period
 
 
 class HeldRecords:
@@ -57,11 +59,13 @@ class HeldRecords:
 
 class SessionMirror:
     def __init__(self, feed_path: str, ipc_path: str, cookie: bytes, client: DaemonClient,
-                 stale_after_s: float) -> None:
+                 stale_after_s: float, step_threshold_ms: int = 500) -> None:
         self.feed_path = feed_path
         self.ipc_path = ipc_path
         self.client = client
         self.stale_after_s = stale_after_s
+        self._steps = StepWatch(step_threshold_ms)
+        self._settle_until = 0.0     # monotonic time before which the mirror stays untrusted (a clock step)
         self._cookie = cookie
         # token -> (user, uid, expires_ms); user None for a tombstone (a logout)
         self._sessions: dict[str, tuple[str | None, str | None, int]] = {}
@@ -181,6 +185,7 @@ class SessionMirror:
             purged = time.monotonic()
             while not self._stop.is_set():
                 message = feed.receive(POLL_MS)
+                self._notice_step()
                 if message is not None:
                     self._receive(message)
                 if time.monotonic() - purged > PURGE_EVERY_S:
@@ -189,7 +194,22 @@ class SessionMirror:
         finally:
             feed.close()
 
+    def _notice_step(self) -> None:
+        """Our clock stepped: the expiries held here are in its old time, so drop them and snapshot again.
+
+        Not at once: the daemon moves its own expiries on its next purge, so the
+        mirror waits that long, untrusted (requests ask the daemon meanwhile).
+        """
+        step = self._steps.step()
+        if step:
+            log.warning("the clock stepped by %+d ms: the session mirror snapshots again once the daemon has "
+                        "moved its expiries", step)
+            self._trusted = False
+            self._settle_until = time.monotonic() + STEP_SETTLE_S
+
     def _receive(self, env: FeedMessage) -> None:
+        if time.monotonic() < self._settle_until:
+            return
         if not self._trusted or env.incarnation != self._incarnation:
             if not self._snapshot():
                 return
