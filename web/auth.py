@@ -1,22 +1,18 @@
-"""Sign-up, login and logout.
+"""Sign-up, login and logout, through ``mesh.register``, ``mesh.login`` and ``mesh.logout``.
 
-Password hashing runs here, in a waitress thread, so the daemon's event loop
-never spends tens of milliseconds on scrypt.
+Password hashing runs in the web process (a waitress thread), inside
+``LogonMesh``, so the daemon's event loop never spends tens of milliseconds on
+scrypt; throttling (429) is raised by ``mesh.login`` and shown by errors.py.
 """
 
 from __future__ import annotations
 
-from functools import cache
-
 from flask import Blueprint, redirect, render_template, request, url_for
-from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 
-from logonmesh.daemon.client import DaemonError
-from logonmesh.web import throttle
+from logonmesh.flask import MeshUnavailable, UsernameTaken
+from logonmesh.web import mesh
 from logonmesh.web.forms import LoginForm, SignupForm
-from logonmesh.web.node import daemon
-from logonmesh.web.sessions import end_session, pop_return_path, remember_return_path, start_session
 
 bp = Blueprint("auth", __name__)
 
@@ -30,59 +26,33 @@ def signup() -> Response | tuple[str, int]:
     form = SignupForm()
     error = None
     if form.validate_on_submit():
-        error = _register(form.username.data, form.password.data)
-        if error is None:
+        try:
+            mesh.register(form.username.data, form.password.data)
             return redirect(url_for("auth.login"))
+        except UsernameTaken:
+            error = "That username is taken. Choose another."
+        except MeshUnavailable as exc:
+            if exc.error_code != "store_unavailable":
+                raise  # the daemon itself is out: the 503 page
+            error = STORE_DOWN_MESSAGE
     # 503 while the store is out, so that monitors and retrying clients see a temporary failure
     return render_template("signup.html", form=form, error=error), 503 if error == STORE_DOWN_MESSAGE else 200
 
 
-def _register(username: str, password: str) -> str | None:
-    """Store the user through the daemon; return an error for the form, or None on success."""
-    try:
-        daemon().call("register", username=username, password_hash=generate_password_hash(password))
-    except DaemonError as exc:
-        if exc.code == "taken":
-            return "That username is taken. Choose another."
-        if exc.code == "store_unavailable":  # Redis (or the database) is out
-            return STORE_DOWN_MESSAGE
-        raise
-    return None
-
-
 @bp.route("/", methods=["GET", "POST"])
 def login() -> Response | str:
-    remember_return_path(request.args.get("next"))
+    mesh.remember_return_path(request.args.get("next"))
     form = LoginForm()
     error = None
     if form.validate_on_submit():
-        username = form.username.data
-        throttle.check(username)  # 429 before any hash: a locked-out guess learns nothing
-        if _password_ok(username, form.password.data):
-            throttle.succeeded(username)
-            start_session(username)
-            return redirect(pop_return_path() or url_for("pages.budget"))
-        throttle.failed(username)
+        if mesh.login(form.username.data, form.password.data):
+            return redirect(mesh.return_path(url_for("pages.budget")))
         error = WRONG_LOGIN
     return render_template("login.html", form=form, error=error)
 
 
-def _password_ok(username: str, password: str) -> bool:
-    """An unknown user still costs one hash check, so timing does not tell which usernames exist."""
-    user = daemon().call("user", username=username)
-    if user is None:
-        check_password_hash(_decoy_hash(), password)
-        return False
-    return check_password_hash(user["password_hash"], password)
-
-
-@cache
-def _decoy_hash() -> str:
-    return generate_password_hash("logonmesh decoy password")
-
-
 @bp.post("/logout")
 def logout() -> Response:
-    """CSRFProtect has already checked the token; revoking it reaches every node through the mesh."""
-    end_session()
+    """CSRFProtect has already checked the token; the logout reaches every node through the mesh."""
+    mesh.logout()
     return redirect(url_for("auth.login"))

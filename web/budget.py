@@ -13,8 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from logonmesh.web.link import DaemonLink
-from logonmesh.web.mirror import UNKNOWN, SessionMirror
+from logonmesh.flask import Records
 
 NAMESPACE = "budget"
 LABEL_MAX = 80
@@ -37,24 +36,19 @@ def check(label: str, cents: int) -> None:
         raise Refused("amount", "That amount is too large.")
 
 
-def add(client: DaemonLink, mirror: SessionMirror, username: str, label: str, cents: int) -> dict[str, Any]:
-    """Store one entry as a record (raises Refused, or DaemonError from the daemon); return it as listed."""
+def add(records: Records, username: str, label: str, cents: int) -> dict[str, Any]:
+    """Store one entry as a record (raises Refused, or the mesh's errors); return it as listed."""
     check(label, cents)
     entry_id = uuid.uuid4().hex
     value = {"user": username, "label": label, "cents": cents,
              "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-    written = client.call("record_put", namespace=NAMESPACE, key=f"{username}/{entry_id}", value=value)
-    mirror.record_written(written)
+    records.put(f"{username}/{entry_id}", value)
     return {"id": entry_id, **value}
 
 
-def listing(client: DaemonLink, mirror: SessionMirror, username: str) -> dict[str, Any]:
-    """{entries (oldest first), total_cents}: from the mirror when it is current, else one round trip."""
-    items = mirror.records(NAMESPACE, f"{username}/")
-    if items is UNKNOWN:
-        answer = client.call("record_items", namespace=NAMESPACE, prefix=f"{username}/")
-        items = [(item["key"], item["value"]) for item in answer["items"]]
-    entries = entries_of(username, items)
+def listing(records: Records, username: str) -> dict[str, Any]:
+    """{entries (oldest first), total_cents}: from the web's mirror when it is current, else one round trip."""
+    entries = entries_of(username, records.items(f"{username}/"))
     return {"entries": entries, "total_cents": sum(e["cents"] for e in entries)}
 
 

@@ -8,17 +8,18 @@ from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, TooManyRequests
 
-from logonmesh.daemon.client import DaemonError, DaemonUnavailable
-from logonmesh.web.node import node_name
+from logonmesh.flask import MeshError, MeshUnavailable, TooManyAttempts
+from logonmesh.web import mesh
 
 log = logging.getLogger(__name__)
 
 
 def register(app: Flask) -> None:
     app.register_error_handler(CSRFError, csrf_failed)
-    app.register_error_handler(DaemonUnavailable, daemon_unavailable)
-    app.register_error_handler(DaemonError, daemon_refused)
+    app.register_error_handler(MeshUnavailable, daemon_unavailable)
+    app.register_error_handler(MeshError, daemon_refused)
     app.register_error_handler(RequestEntityTooLarge, too_large)
+    app.register_error_handler(TooManyAttempts, too_many_attempts)  # before MeshError, which it also is
     app.register_error_handler(TooManyRequests, too_many_attempts)
     app.register_error_handler(InternalServerError, internal_error)
     app.register_error_handler(HTTPException, http_error)
@@ -34,18 +35,18 @@ def csrf_failed(exc: CSRFError) -> tuple[str, int]:
                 "Go back, reload the page and try again.")
 
 
-def daemon_unavailable(exc: DaemonUnavailable) -> tuple[str, int, dict[str, str]]:
+def daemon_unavailable(exc: MeshUnavailable) -> tuple[str, int, dict[str, str]]:
     log.warning("daemon unavailable: %s", exc)
     body, code = page(503, "This node is not available",
-                      f"The daemon of node {node_name()} is not answering, so this node cannot "
+                      f"The daemon of node {mesh.node} is not answering, so this node cannot "
                       "check accounts or sessions right now. Try again in a moment, or use another node.")
     return body, code, {"Retry-After": "2"}
 
 
-def daemon_refused(exc: DaemonError) -> tuple[str, int]:
-    log.warning("daemon refused a request (%s): %s", exc.code, exc)
+def daemon_refused(exc: MeshError) -> tuple[str, int]:
+    log.warning("daemon refused a request (%s): %s", exc.error_code, exc.description)
     return page(503, "This node could not finish the request",
-                f"The daemon of node {node_name()} refused it: {exc}. Try again in a moment.")
+                f"The daemon of node {mesh.node} refused it: {exc.description}. Try again in a moment.")
 
 
 def too_large(exc: RequestEntityTooLarge) -> tuple[str, int]:

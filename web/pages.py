@@ -9,12 +9,10 @@ from typing import Any
 from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
-from logonmesh.daemon.client import DaemonError, DaemonUnavailable
+from logonmesh.flask import MeshError, MeshUnavailable, Refused, current_user, login_required
 from logonmesh.web import budget as budget_data
-from logonmesh.web import present
+from logonmesh.web import mesh, present
 from logonmesh.web.forms import BudgetEntryForm, LogoutForm
-from logonmesh.web.node import daemon, mirror, node_name
-from logonmesh.web.sessions import current_session, remember_return_path, requested_path
 
 bp = Blueprint("pages", __name__)
 
@@ -22,22 +20,13 @@ HEALTH_TIMEOUT_MS = 500  # a load balancer's probe should learn fast, not wait f
 GLANCE_TTL_S = 1.0       # the footer's view of the cluster is at most this old
 GLANCE_TIMEOUT_MS = 300  # the footer waits this long for a ping, once a second at most, never more
 
-# The code of a daemon's refusal of a budget entry -> (message for the form, status)
+# The code of the mesh's refusal of a budget entry -> (message for the form, status)
 BUDGET_REFUSALS = {
     "store_unavailable": ("Entries cannot be saved right now: the user store cannot be reached. "
                           "Try again in a moment.", 503),
     "invalid": ("This entry cannot be saved: the daemon refused it.", 200),
     "too_large": ("This entry is too large to be saved.", 200),
 }
-
-
-def _signed_in_user() -> str | None:
-    """The session's username, or None after remembering where the person wanted to go."""
-    found = current_session()
-    if found is None:
-        remember_return_path(requested_path())
-        return None
-    return found["user"]
 
 
 def _page(body: str, status: int = 200) -> Response:
@@ -47,32 +36,27 @@ def _page(body: str, status: int = 200) -> Response:
 
 
 @bp.get("/budget")
+@login_required
 def budget() -> Response:
-    username = _signed_in_user()
-    if username is None:
-        return redirect(url_for("auth.login"))
-    return _budget_page(username, BudgetEntryForm())
+    return _budget_page(current_user.username, BudgetEntryForm())
 
 
 @bp.post("/budget")
+@login_required
 def budget_add() -> Response:
     """Add an entry, then redirect back (PRG); a refused entry shows the page again with the error in place."""
-    found = current_session()
-    if found is None:
-        remember_return_path(url_for("pages.budget"))
-        return redirect(url_for("auth.login"))
-    username, form = found["user"], BudgetEntryForm()
+    username, form = current_user.username, BudgetEntryForm()
     if not form.validate_on_submit():
         return _budget_page(username, form)
     try:
-        added = budget_data.add(daemon(), mirror(), username, form.label.data, form.cents)
+        added = budget_data.add(mesh.records(budget_data.NAMESPACE), username, form.label.data, form.cents)
     except budget_data.Refused as exc:
         getattr(form, exc.field).errors = [str(exc)]
         return _budget_page(username, form)
-    except DaemonError as exc:
-        if exc.code not in BUDGET_REFUSALS:
+    except (Refused, MeshUnavailable) as exc:
+        if exc.error_code not in BUDGET_REFUSALS:
             raise
-        message, status = BUDGET_REFUSALS[exc.code]
+        message, status = BUDGET_REFUSALS[exc.error_code]
         return _budget_page(username, form, error=message, status=status)
     flash(f"Added \u201c{added['label']}\u201d, {present.money(added['cents'])}.")
     return redirect(url_for("pages.budget"), 303)
@@ -81,8 +65,8 @@ def budget_add() -> Response:
 def _budget_page(username: str, entry_form: BudgetEntryForm, error: str | None = None,
                  status: int = 200) -> Response:
     """The entries and their total, from the mirror when it is current, else one record_items round trip."""
-    listed = budget_data.listing(daemon(), mirror(), username)
-    page = render_template("budget.html", username=username, node=node_name(), form=LogoutForm(),
+    listed = budget_data.listing(mesh.records(budget_data.NAMESPACE), username)
+    page = render_template("budget.html", username=username, node=mesh.node, form=LogoutForm(),
                            entry_form=entry_form, error=error, entries=present.budget_rows(listed["entries"]),
                            total=present.money(listed["total_cents"]),
                            total_negative=listed["total_cents"] < 0)
@@ -90,18 +74,17 @@ def _budget_page(username: str, entry_form: BudgetEntryForm, error: str | None =
 
 
 @bp.get("/cluster")
+@login_required
 def cluster() -> Response:
     """The live peers table, as `logonmesh peers` shows it, and a chart of each peer's recent heartbeats."""
-    username = _signed_in_user()
-    if username is None:
-        return redirect(url_for("auth.login"))
-    view = daemon().call("peers")
-    me = view.get("node", node_name())
+    username = current_user.username
+    view = mesh.peers()
+    me = view.get("node", mesh.node)
     rows = present.peer_rows(me, view)
     heartbeat_ms, down_after_ms = view.get("heartbeat_ms", 1000), view.get("down_after_ms", 3000)
     peers = sorted(view["peers"], key=lambda p: p["name"])
     charts = [present.beat_chart(p, heartbeat_ms, down_after_ms) for p in peers]
-    page = render_template("cluster.html", username=username, node=node_name(), form=LogoutForm(),
+    page = render_template("cluster.html", username=username, node=mesh.node, form=LogoutForm(),
                            rows=rows, charts=charts, digest=view["digest"][:12],
                            clock_notes=present.clock_notes(me, view),
                            max_offset=present.ago(view.get("max_clock_offset_ms", 500)),
@@ -130,9 +113,8 @@ class Glance:
             return self._value
         try:
             try:
-                info = daemon().call("ping", timeout_ms=GLANCE_TIMEOUT_MS)
-                value = {"daemon": True, "peers_up": list(info["peers_up"])}
-            except (DaemonUnavailable, DaemonError):
+                value = {"daemon": True, "peers_up": mesh.ping(GLANCE_TIMEOUT_MS)}
+            except MeshError:
                 value = {"daemon": False, "peers_up": []}
             self._value, self._at = value, time.monotonic()
             return value
@@ -150,7 +132,7 @@ def page_frame() -> dict[str, Any]:
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
     try:
-        info = daemon().call("ping", timeout_ms=HEALTH_TIMEOUT_MS)
-    except (DaemonUnavailable, DaemonError):
-        return jsonify(node=node_name(), daemon=False, peers_up=[]), 503
-    return jsonify(node=node_name(), daemon=True, peers_up=info["peers_up"]), 200
+        peers_up = mesh.ping(HEALTH_TIMEOUT_MS)
+    except MeshError:
+        return jsonify(node=mesh.node, daemon=False, peers_up=[]), 503
+    return jsonify(node=mesh.node, daemon=True, peers_up=peers_up), 200

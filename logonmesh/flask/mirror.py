@@ -21,7 +21,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+import signal
+from typing import Any, Callable
 
 from logonmesh.daemon.clock import StepWatch
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, FeedMessage, FeedSubscription
@@ -35,6 +36,11 @@ DELETED = object()   # a record's tombstone, held so that an older write cannot 
 POLL_MS = 100
 PURGE_EVERY_S = 10.0
 STEP_SETTLE_S = 1.5  # after our clock stepped: the daemon moves its expiries within its 1 s purge period
+
+
+def _terminate(code: int) -> None:
+    """Without a web server's own stop: SIGTERM, the clean way out for any server."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class HeldRecords:
@@ -78,6 +84,8 @@ class SessionMirror:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # how the process ends when the thread gives up: the web server sets its clean stop here
+        self.on_give_up: Callable[[int], None] = _terminate
 
     # ---- request threads --------------------------------------------------
 
@@ -175,8 +183,7 @@ class SessionMirror:
         """Stop the web process: one line on stderr, then the clean SIGTERM path with exit code 1."""
         log.critical("%s", message, exc_info=exc)
         print(f"logonmesh: {message}", file=sys.stderr, flush=True)
-        from logonmesh.web import serve  # here: serve imports the app, which imports this module
-        serve.stop(1)
+        self.on_give_up(1)
 
     def _follow(self) -> None:
         """One life of the thread: a fresh subscription (so no half-read state survives a failure), then the feed."""

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any, Callable
 
-from flask import current_app, request
-from werkzeug.exceptions import TooManyRequests
+from flask import request
 
-from logonmesh.web.forms import USERNAME_MAX
-from logonmesh.web.node import daemon
+from logonmesh.flask.errors import TooManyAttempts
 
-CONFIG_KEY = "LOGONMESH_THROTTLE"
+USERNAME_MAX = 64   # longer names cannot sign up (the demo's form and register() say so)
+
+Call = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -50,33 +51,24 @@ def addr_subject() -> str:
     return f"addr:{request.remote_addr or 'unknown'}"
 
 
-def _limits() -> Limits:
-    return current_app.config[CONFIG_KEY]
-
-
-def _limit_for(subject: str, limits: Limits) -> int:
-    return limits.per_addr if subject.startswith("addr:") else limits.per_user
-
-
-def check(username: str) -> None:
-    """Raise TooManyRequests (429, with Retry-After) when the username or the address is over its limit.
+def check(call: Call, limits: Limits, username: str) -> None:
+    """Raise TooManyAttempts (429, with Retry-After) when the username or the address is over its limit.
 
     Runs before the password is checked, so a locked-out guess costs no
     scrypt and tells nothing, even when the password is right.
     """
-    limits = _limits()
-    counts = daemon().call("failures_count", subjects=[user_subject(username), addr_subject()])
-    waits = [c["retry_after_s"] for subject, c in counts.items() if c["n"] >= _limit_for(subject, limits)]
+    counts = call("failures_count", subjects=[user_subject(username), addr_subject()])
+    waits = [c["retry_after_s"] for subject, c in counts.items()
+             if c["n"] >= (limits.per_addr if subject.startswith("addr:") else limits.per_user)]
     if waits:
-        raise TooManyRequests(retry_after=max(1, *waits))
+        raise TooManyAttempts(max(1, *waits))
 
 
-def failed(username: str) -> None:
+def failed(call: Call, limits: Limits, username: str) -> None:
     """Count one failed login against both the username and the address, on this node's key."""
-    daemon().call("failures_add", subjects=[user_subject(username), addr_subject()],
-                  window_s=_limits().window_s)
+    call("failures_add", subjects=[user_subject(username), addr_subject()], window_s=limits.window_s)
 
 
-def succeeded(username: str) -> None:
+def succeeded(call: Call, username: str) -> None:
     """A right password clears the username's count everywhere; the address keeps its count."""
-    daemon().call("failures_reset", subjects=[user_subject(username)])
+    call("failures_reset", subjects=[user_subject(username)])

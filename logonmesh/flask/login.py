@@ -1,0 +1,146 @@
+"""Who is logged in: the daemon's session token in ``flask.session``, and the lifetimes that end it.
+
+The token is looked up once per request: in the mirror when it is current,
+else in the daemon.  The mirror is kept exact by the daemon's feed, so a
+logout anywhere counts here as soon as it reaches this node's daemon, with no
+round trip per page; the same answer's expiry serves the lifetimes.
+
+The lifetimes are measured against the daemon session's expiry, which every
+node knows in its own clock (the daemons rebase expiries by each peer's
+measured offset): what the session stores is how long it had left at login
+and when last seen, so their differences are real elapsed time whatever any
+clock says.  The idle stamp is refreshed every tenth of the idle lifetime (at
+most a minute), so a page rarely writes its session: the idle limit holds to
+within that much.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
+
+from flask import request, session
+
+from logonmesh.flask.mirror import UNKNOWN
+from logonmesh.flask.state import MeshState
+
+TOKEN = "_lm_token"                # the daemon's session token
+LEFT_AT_LOGIN = "_lm_login_left"   # ms the daemon session had left at login: the absolute lifetime counts from it
+LEFT_WHEN_SEEN = "_lm_seen_left"   # ms it had left at the last request: the idle lifetime counts from it
+RETURN_PATH = "_lm_next"           # where to go after the login, a local path only
+RESERVED = (TOKEN, LEFT_AT_LOGIN, LEFT_WHEN_SEEN, RETURN_PATH)
+
+
+def now_ms() -> float:
+    """The one place the web reads the wall clock (a test's seam)."""
+    return time.time() * 1000
+
+
+def is_local_path(target: str | None) -> bool:
+    """True only for a path on this site: '/x', never '//host', '/\\host' or 'scheme:…'.
+
+    Browsers treat a backslash like a slash and drop tabs and newlines from a
+    URL, so any of those, or any other control character, disqualifies it.
+    """
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return False
+    if "\\" in target or not target.isprintable():
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc
+
+
+def remember_return_path(target: str | None) -> None:
+    if is_local_path(target):
+        session[RETURN_PATH] = target
+
+
+def pop_return_path() -> str | None:
+    """The remembered path, checked again on the way out."""
+    target = session.pop(RETURN_PATH, None)
+    return target if is_local_path(target) else None
+
+
+def requested_path() -> str:
+    query = request.query_string.decode("latin-1")
+    return f"{request.path}?{query}" if query else request.path
+
+
+def current_login(state: MeshState) -> dict[str, Any] | None:
+    """``{user, uid, expires}`` of the live login behind this session, within its lifetimes, else None."""
+    token = session.get(TOKEN)
+    if token is None:
+        return None
+    if not isinstance(token, str):  # nothing of ours writes that: forget it, ask nobody
+        session.pop(TOKEN, None)
+        return None
+    found = state.mirror.lookup(token)
+    if found is UNKNOWN:
+        found = state.call("session_resolve", token=token)
+    if found is None:
+        session.pop(TOKEN, None)
+        return None
+    return found if _within_lifetimes(state, found) else None
+
+
+def start_login(state: MeshState, username: str) -> None:
+    """A fresh daemon token and a fresh session id on every login; what they replace is destroyed.
+
+    The session's other contents (a CSRF secret among them) are dropped too,
+    so nothing planted before the login (session fixation) survives it.
+    """
+    old, going_to = session.get(TOKEN), session.get(RETURN_PATH)
+    created = state.call("session_create", username=username)
+    session.clear()
+    if going_to is not None:
+        session[RETURN_PATH] = going_to
+    regenerate = getattr(session, "regenerate", None)
+    if regenerate is not None:
+        regenerate()
+    session[TOKEN] = created["token"]
+    session[LEFT_AT_LOGIN] = session[LEFT_WHEN_SEEN] = _left_ms(created["expires"])
+    if isinstance(old, str) and old != created["token"]:
+        revoke(state, old)
+
+
+def revoke(state: MeshState, token: str) -> None:
+    """Revoke everywhere, and tell the local mirror at once so this node never serves it again."""
+    revoked = state.call("session_revoke", token=token)
+    state.mirror.revoked(token, revoked["expires"])
+
+
+def end_login(state: MeshState) -> None:
+    """Revoke first (if the daemon is down this raises, and the session keeps its token for a retry), then
+    empty the session, which destroys its data on every node when the request ends."""
+    token = session.get(TOKEN)
+    if isinstance(token, str):
+        revoke(state, token)
+    session.clear()
+
+
+def _within_lifetimes(state: MeshState, found: dict[str, Any]) -> bool:
+    """Whether the login just looked up is within its idle and absolute lifetimes; if not, end it."""
+    at_login, when_seen = session.get(LEFT_AT_LOGIN), session.get(LEFT_WHEN_SEEN)
+    left = _left_ms(found["expires"])
+    if (not (_is_ms(at_login) and _is_ms(when_seen))
+            or when_seen - left > state.idle_s * 1000 or at_login - left > state.absolute_s * 1000):
+        end_login(state)
+        return False
+    if when_seen - left >= _refresh_every(state.idle_s) * 1000:
+        session[LEFT_WHEN_SEEN] = left
+    return True
+
+
+def _left_ms(expires_ms: float) -> int:
+    """How long the daemon session has left, by this node's clock (its expiry is in this node's frame)."""
+    return int(expires_ms - now_ms())
+
+
+def _refresh_every(idle_s: int) -> int:
+    """How stale the idle stamp may get before the session is saved again: a tenth of the idle lifetime, ≤ 60 s."""
+    return max(1, min(60, idle_s // 10))
+
+
+def _is_ms(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
