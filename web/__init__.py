@@ -15,7 +15,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from logonmesh.daemon.client import DaemonClient
-from logonmesh.daemon.config import Settings, resolve_cookie
+from logonmesh.daemon.config import Settings, load, resolve_cookie
 from logonmesh.web import security
 from logonmesh.web.link import DaemonLink
 from logonmesh.web.mirror import SessionMirror
@@ -42,8 +42,13 @@ def mirror_staleness(settings: Settings) -> float:
     return min(max(1.5 * settings.heartbeat_ms / 1000 + 0.1, 0.5), 1.8)
 
 
-def create_app(settings: Settings, client: DaemonClient | None = None) -> Flask:
-    """Build the app for one node; `client` lets a caller share or fake the daemon connection."""
+def create_app(settings: Settings | None = None, client: DaemonClient | None = None) -> Flask:
+    """Build the app for one node; `client` lets a caller share or fake the daemon connection.
+
+    With no settings (``logonmesh web --app logonmesh.web:create_app``, or any
+    Flask tool) they come from the LOGONMESH_* environment, as the CLI reads it.
+    """
+    settings = settings or load(require_name=True)
     cookie = resolve_cookie(settings)
     app = Flask(__name__)
     app.config.update(
