@@ -378,6 +378,8 @@ def test_the_demos_factory_reads_the_environment_when_called_with_no_arguments(
 # ---- the local_cluster fixture: marker, option, ini ----------------------------------------
 
 INNER = '''
+    import os
+
     import pytest
     import requests
 
@@ -394,6 +396,11 @@ INNER = '''
 
     def test_option(local_cluster):
         assert served(local_cluster) == "optioned"
+
+
+    @pytest.mark.logonmesh(cwd="sub")
+    def test_cwd(local_cluster):
+        assert (local_cluster.app, local_cluster.cwd) == ("optioned:create_app", os.path.abspath("sub"))
 
 
     @pytest.mark.logonmesh(application="marked:create_app")
@@ -416,13 +423,14 @@ def which_app(name: str) -> str:
 def test_the_fixture_takes_the_app_from_the_marker_else_the_option_else_the_ini(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_inner=textwrap.dedent(INNER), marked=which_app("marked"),
                         optioned=which_app("optioned"))
+    pytester.mkdir("sub")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--logonmesh-app", "optioned:create_app")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(["*@pytest.mark.logonmesh takes only the keywords app, cwd; got application*"])
 
     pytester.makeini("[pytest]\nlogonmesh_app = optioned:create_app\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "not unknown")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.logonmesh(app=None, cwd=None)*"])
