@@ -1,16 +1,19 @@
-"""The replicated cache: users, sessions and login-failure counts, merged last-writer-wins.
+"""The replicated cache: users, sessions, login-failure counts and app records, merged by ``kinds.supersedes``.
 
 An entry is ``(hlc, origin, value, expires_ms)`` under a kind and a key; the
 kinds (users, sessions, login-failure counts, app records) are defined once,
 in ``daemon.kinds``.  A value of None is a tombstone.
 ``merge`` keeps, for each key, the entry with the highest version
-``(hlc, origin)``, so applying any set of entries in any order, any number of
-times, gives the same cache: the merge is commutative, associative and
-idempotent, which is what lets PUB/SUB drop and repair re-send freely.
+``(hlc, origin)`` (for sessions, a tombstone first: a revocation always
+wins), so applying any set of entries in any order, any number of times,
+gives the same cache: the merge is commutative, associative and idempotent,
+which is what lets PUB/SUB drop and repair re-send freely.
 
 Expired entries are refused on merge and purged on a timer, so a repair can
-never bring back a session that ran out; a session's tombstone lives as long
-as the session would have, and so outlives every copy it must defeat.
+never bring back a session that ran out; a session's tombstone lives longer
+than every copy it has met (and a logout gives it ``TOMBSTONE_GRACE_MS``
+beyond the session), and so outlives every copy it must defeat.  Expiries are in this node's own clock:
+the replica rebases those that peers send (``daemon.offsets``).
 
 Users are most of the memory, so they are kept compact: a user's version is
 its creation time and its origin its id (see ``user_entry``), so the cache
@@ -30,7 +33,14 @@ from typing import Any, Iterable, Iterator
 
 from logonmesh.daemon.digest import Digest, bucket_of, entry_hash
 from logonmesh.daemon.hlc import physical, wall_ms
-from logonmesh.daemon.kinds import KINDS as REGISTRY, Entry, split_record_key, SortedKeys
+from logonmesh.daemon.kinds import (
+    ENDED_WINS,
+    KINDS as REGISTRY,
+    Entry,
+    SortedKeys,
+    split_record_key,
+    supersedes,
+)
 
 Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 Stored = bytes | Item                      # as a table holds it: a user packed into bytes, else an Item
@@ -111,6 +121,15 @@ def _expand(kind: str, key: str, stored: Stored) -> Item:
     return hlc, origin, value, expires
 
 
+def _ending_expiry(tombstone_expires: int, other: Item) -> int:
+    """A tombstone's expiry after it met ``other``: the later of the two, so it outlives every copy it defeated.
+
+    (The logout itself adds ``TOMBSTONE_GRACE_MS``; taking only the maximum here
+    keeps a purge equal to never having merged what expired.)
+    """
+    return max(tombstone_expires, other[3])
+
+
 def expand_users(stored: list[tuple[str, Stored]]) -> list[dict]:
     """Full user records from ``Cache.stored_users`` (pure: safe on another thread)."""
     users = (_expand("u", key, item)[2] for key, item in stored)
@@ -150,8 +169,11 @@ class Cache:
         old = table.get(key)
         if old is not None:
             old = _stored(old)
-            if (old[0], old[1]) >= (hlc, origin):
+            if not supersedes(kind, (hlc, origin, value), old):
+                self._outlive(kind, key, old, expires)
                 return False
+            if kind in ENDED_WINS and value is None:
+                expires = _ending_expiry(expires, old)
         bucket = bucket_of(kind, key)
         if old is not None:
             self.digest.toggle(bucket, entry_hash(kind, key, old[0], old[1]))
@@ -169,6 +191,13 @@ class Cache:
         if kind in FEED_KINDS:
             self.feed_changes.append(Entry(*entry))
         return True
+
+    def _outlive(self, kind: str, key: str, kept: Item, expires: int) -> None:
+        """An entry lost to a tombstone of an ``ended_wins`` kind: the tombstone takes the later expiry."""
+        if kind not in ENDED_WINS or kept[2] is not None or expires <= kept[3]:
+            return
+        self.kinds[kind][key] = (kept[0], kept[1], None, expires)
+        heapq.heappush(self._expiry, (expires, kind, key))
 
     def records(self, namespace: str, prefix: str = "") -> list[Entry]:
         """The records of a namespace whose own key starts with prefix, tombstones included, by key."""
@@ -216,6 +245,19 @@ class Cache:
             self._leaf_keys[kind][bucket].discard(key)
             purged += 1
         return purged
+
+    def shift_expiries(self, delta_ms: int) -> int:
+        """Move every expiry by delta_ms (our clock stepped); returns how many moved.  The digest does not
+        cover expiries, so it stays as it is."""
+        moved = 0
+        for kind, table in self.kinds.items():
+            for key, stored in table.items():
+                if not isinstance(stored, bytes) and stored[3]:
+                    table[key] = (stored[0], stored[1], stored[2], max(1, stored[3] + delta_ms))
+                    moved += 1
+        self._expiry = [(max(1, expires + delta_ms), kind, key) for expires, kind, key in self._expiry]
+        heapq.heapify(self._expiry)
+        return moved
 
     def entries(self, kind: str | None = None) -> Iterator[Entry]:
         for k in (kind,) if kind else KINDS:

@@ -112,6 +112,9 @@ OPTIONS: tuple[Option, ...] = (
            "how often the clusters table is read, in milliseconds", "daemon"),
     Option("session_ttl_s", "--session-ttl", "LOGONMESH_SESSION_TTL", 86400, _positive_int,
            "session lifetime in seconds", "daemon"),
+    Option("max_clock_offset_ms", "--max-clock-offset-ms", "LOGONMESH_MAX_CLOCK_OFFSET_MS", 500, _positive_int,
+           "a peer whose clock is further off than this is warned about, and its versions never move "
+           "this node's hybrid clock (see SECURITY.md)", "daemon"),
     Option("max_msg_bytes", "--max-msg-bytes", "LOGONMESH_MAX_MSG_BYTES", 64 * 2**20, _positive_int,
            "largest message any socket accepts (ZMQ_MAXMSGSIZE)", "daemon"),
     Option("curve", "--curve", "LOGONMESH_CURVE", False, parse_flag,
@@ -160,6 +163,7 @@ class Settings:
     down_after: int = _default("down_after")
     discovery_ms: int = _default("discovery_ms")
     session_ttl_s: int = _default("session_ttl_s")
+    max_clock_offset_ms: int = _default("max_clock_offset_ms")
     max_msg_bytes: int = _default("max_msg_bytes")
     session_idle_s: int = _default("session_idle_s")
     throttle_user: int = _default("throttle_user")

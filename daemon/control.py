@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import user_entry
-from logonmesh.daemon.kinds import KINDS, Entry, record_key, record_problem, split_record_key, stored_record
+from logonmesh.daemon.kinds import (
+    KINDS,
+    TOMBSTONE_GRACE_MS,
+    Entry,
+    record_key,
+    record_problem,
+    split_record_key,
+    stored_record,
+)
 
 if TYPE_CHECKING:
     from logonmesh.daemon.node import Daemon
@@ -146,12 +154,18 @@ class Control:
         reply({"user": item[2]["user"], "uid": item[2]["uid"], "expires": item[3]})
 
     def op_session_revoke(self, reply: Reply, token: str) -> None:
-        """Replace the session with a tombstone that lives as long as the session could have."""
+        """Replace the session with a tombstone that outlives every copy of the session, by the grace.
+
+        A token this node has not heard of yet (made elsewhere during a
+        partition) gets a full lifetime from now: the session began before this
+        logout, so it ends before the tombstone does.
+        """
         d = self.d
         if not 0 < len(token) <= 256:  # no session has such a key, and peers would refuse its tombstone
             return reply(error="a token is 1 to 256 characters", code="invalid")
         item = self.r.lookup("s", token)
-        expires = item[3] if item else self.r.now() + d.settings.session_ttl_s * 1000
+        ends = item[3] if item else self.r.now() + d.settings.session_ttl_s * 1000
+        expires = ends + TOMBSTONE_GRACE_MS
         d.write("s", token, None, expires)
         reply({"expires": expires})
 
@@ -177,7 +191,8 @@ class Control:
 
     def _write_record(self, reply: Reply, namespace: str, key: str, value: dict | None) -> None:
         d, r = self.d, self.r
-        entry = Entry("r", record_key(namespace, key), r.stamp(), r.name, value, 0)
+        entry_key = record_key(namespace, key)
+        entry = Entry("r", entry_key, r.stamp("r", entry_key), r.name, value, 0)
 
         def stored(_: None, error: BaseException | None) -> None:
             if error is not None:

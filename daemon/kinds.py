@@ -39,6 +39,7 @@ NAMESPACE_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 RECORD_KEY_MAX = 200            # characters of a record's own key (after its namespace)
 RECORD_VALUE_MAX = 4096         # bytes of the value, packed with msgpack (use_bin_type=True)
 KEY_MAX = 256                   # characters of an entry key of every other kind
+TOMBSTONE_GRACE_MS = 60_000     # an ending outlives the longest copy it defeats by this much (see SECURITY.md)
 
 
 class SortedKeys:
@@ -138,6 +139,7 @@ class Kind:
     shown: Mapping[str, str] = field(default_factory=dict)  # row field -> value field, in redacted rows
     secret: frozenset[str] = frozenset()         # value fields never shown outside the daemon
     secret_key: bool = False                     # the key itself is a credential (a session token)
+    ended_wins: bool = False                     # a tombstone beats every live version, whatever the versions
     key_ok: Callable[[str], bool] = lambda key: 0 < len(key) <= KEY_MAX
     value_problem: Callable[[Entry], str | None] = lambda entry: None  # a rule beyond the schema
 
@@ -193,7 +195,7 @@ SESSION = Kind(
     "s", "session", "sessions", {"uid": str, "user": str},
     durable=False, mirrored=True, owner=lambda key, value: value["user"] if value else None,
     describe=lambda e: f"session {e.key[:8]}… " + (f"of {e.value['user']}" if e.value else "revoked"),
-    shown={"user": "user"}, secret_key=True)
+    shown={"user": "user"}, secret_key=True, ended_wins=True)
 FAILURES = Kind(
     "t", "login failure count", "login failure counts", {"n": int},
     durable=False, mirrored=False, owner=lambda key, value: key.rsplit("@", 1)[0],  # "<subject>@<node>"
@@ -207,3 +209,19 @@ RECORD = Kind(
 
 KINDS: dict[str, Kind] = {k.code: k for k in (USER, SESSION, FAILURES, RECORD)}
 MIRRORED = tuple(code for code, kind in KINDS.items() if kind.mirrored)
+ENDED_WINS = frozenset(code for code, kind in KINDS.items() if kind.ended_wins)
+
+
+def supersedes(kind: str, new: tuple[int, str, Any], old: tuple[int, str, Any] | tuple[int, str, Any, int]) -> bool:
+    """Whether ``new`` (hlc, origin, value) replaces ``old``: the one merge rule, for the cache and its tests.
+
+    Versions decide (last writer wins), except for a kind whose ending must
+    hold (``ended_wins``: sessions), where the state is a lattice, live <
+    ended: a revocation beats every live copy of the token whatever the
+    timestamps, so no clock and no order of arrival can bring a session back.
+    Between two tombstones, or two live copies, versions decide again, so
+    every node keeps the same entry and the digests agree.
+    """
+    if kind in ENDED_WINS and (new[2] is None) != (old[2] is None):
+        return new[2] is None
+    return (new[0], new[1]) > (old[0], old[1])

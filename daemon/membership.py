@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from logonmesh.daemon.offsets import Offset
 from logonmesh.discovery import NodeRow
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class Peer:
     change_reason: str = ""
     last_beat: float = 0.0          # monotonic ms of the last heartbeat (not any bus message)
     beat_gaps: deque[int] = field(default_factory=lambda: deque(maxlen=BEAT_SAMPLES), repr=False)
+    clock: Offset = field(default_factory=Offset, repr=False)  # its clock minus ours
+    skew_warned_at: float | None = None  # monotonic ms of the last warning that its clock is beyond the maximum
 
     def beat(self, now: float) -> None:
         """A heartbeat arrived: keep how long it came after the previous one (ms), so a person can see jitter."""

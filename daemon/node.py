@@ -68,6 +68,28 @@ def drain(recv: Callable[[int], T], limit: int) -> Iterator[T]:
             return
 
 
+def _incarnation_path(settings: Settings) -> str:
+    return os.path.join(settings.run_dir, f"{settings.require_name()}.incarnation")
+
+
+def last_incarnation(settings: Settings) -> int:
+    """The incarnation this node last ran with here (0 if none): a new one must be larger, whatever the clock says."""
+    try:
+        with open(_incarnation_path(settings), encoding="ascii") as f:
+            return int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def save_incarnation(settings: Settings, incarnation: int) -> None:
+    """Written under the lock, before any frame goes out, and atomically, so a crash leaves the old or the new."""
+    path = _incarnation_path(settings)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{incarnation}\n")
+    os.replace(tmp, path)
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message is one line for a person."""
 
@@ -84,14 +106,14 @@ class Daemon:
         self.settings = settings
         self.name = settings.require_name()
         self.cookie = resolve_cookie(settings)
-        self.incarnation = wire.new_incarnation()
+        self.incarnation = wire.new_incarnation(after=last_incarnation(settings))
         self.started_mono = SYSTEM.mono_ms()
         self.started_at = time.time()
         self.bus_codec = wire.Codec(self.cookie, self.name, self.incarnation)
         self.direct_codec = wire.Codec(self.cookie, self.name, self.incarnation)
         self.key = wire.wire_key(self.cookie)
         self.replica = Replica(self.name, self.incarnation, self.key, heartbeat_ms=settings.heartbeat_ms,
-                               down_after_ms=settings.down_after_ms,
+                               down_after_ms=settings.down_after_ms, max_clock_offset_ms=settings.max_clock_offset_ms,
                                trace=Trace() if settings.trace else None)
         self.cache = self.replica.cache  # the shell reads it only to feed the web and to rejoin
         self.curve = Curve.from_cookie(self.cookie, settings.curve)
@@ -140,6 +162,7 @@ class Daemon:
             signal.signal(sig, lambda *_: setattr(self, "_stopping", True))
         ensure_run_dir(s)
         self._take_lock()
+        save_incarnation(s, self.incarnation)
         try:
             res = self._resources()
             try:
@@ -375,10 +398,10 @@ class Daemon:
             raise TypeError(f"unknown effect {fx!r}")
 
     def _poll_registry(self) -> None:
-        stale_before = time.time() - STALE_ROW_FACTOR * self.settings.down_after_ms / 1000
+        stale_after_s = STALE_ROW_FACTOR * self.settings.down_after_ms / 1000
 
         def job(res: Backend) -> list[NodeRow]:
-            pruned = res.registry.prune(stale_before)
+            pruned = res.registry.prune(stale_after_s)
             if pruned:
                 log.info("pruned stale registry rows: %s", ", ".join(pruned))
             return res.registry.peers()
@@ -503,6 +526,7 @@ class Daemon:
         state = self.replica.state()
         s = self.settings
         return {"node": self.name, "incarnation": self.incarnation, "uptime_s": round(self.uptime_s(), 3),
+                "wall_ms": SYSTEM.wall_ms(), "max_clock_offset_ms": s.max_clock_offset_ms,
                 "bus": self.bus.endpoint, "peer": self.peer_endpoint, "cache": state["cache"],
                 "digest": state["digest"], "seq": self.bus_codec.seq, "stats": state["stats"],
                 "blocked": state["blocked"], "loss": state["loss"], "peers_up": state["peers_up"],

@@ -42,6 +42,7 @@ from logonmesh.daemon.guard import Refusals, ReplayWindow
 from logonmesh.daemon.hlc import HLC
 from logonmesh.daemon.kinds import Entry
 from logonmesh.daemon.membership import Membership, Peer
+from logonmesh.daemon.offsets import Offset
 from logonmesh.daemon.sync import Repairs
 from logonmesh.daemon.trace import Trace
 from logonmesh.discovery import NodeRow
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 MISMATCH_HEARTBEATS = 2   # a digest mismatch must persist this long before it means divergence
 STALE_ROW_FACTOR = 10     # a registry row stale for this many down-periods is deleted
 REPUBLISH_BATCH = 500     # entries per bus merge when republishing what a repair brought
+PING_EVERY_MS = 1000      # how often each up peer is pinged for its clock offset
+SKEW_WARN_EVERY_MS = 60_000  # a peer beyond the maximum clock offset is warned about this often while it lasts
 REPAIR_TYPES = frozenset({"tree_req", "tree_rep", "diff_req", "diff_rep", "push", "sync_req", "sync_rep"})
 ALLOWED = {"bus": wire.BUS_TYPES, "peer socket": wire.PEER_REQUESTS, "peer reply": wire.PEER_REPLIES}
 
@@ -64,8 +67,8 @@ class Replica:
     """One node's replicated state and the rules that change it."""
 
     def __init__(self, name: str, incarnation: int, key: bytes, *, heartbeat_ms: int, down_after_ms: int,
-                 cache: Cache | None = None, clock: Clock = SYSTEM, rng: random.Random | None = None,
-                 trace: Trace | None = None) -> None:
+                 max_clock_offset_ms: int = 500, cache: Cache | None = None, clock: Clock = SYSTEM,
+                 rng: random.Random | None = None, trace: Trace | None = None) -> None:
         self.name = name
         self.incarnation = incarnation
         self.key = key
@@ -76,7 +79,8 @@ class Replica:
         self.trace = trace
         self.stats: Counter[str] = Counter()
         self.cache = cache if cache is not None else Cache()
-        self.hlc = HLC(lambda: clock.wall_ms() / 1000)
+        self.max_clock_offset_ms = max_clock_offset_ms
+        self.hlc = HLC(lambda: clock.wall_ms() / 1000, max_clock_offset_ms)
         self.refusals = Refusals(self.stats)
         self.replay = ReplayWindow()
         self.membership = Membership(name, down_after_ms, STALE_ROW_FACTOR * down_after_ms)
@@ -87,6 +91,9 @@ class Replica:
         self.peer_endpoint = ""
         self._refreshing = False
         self._polling = False
+        self._pinged_at = -float(PING_EVERY_MS)
+        self._pings = 0
+        self._wall_minus_mono = clock.wall_ms() - clock.mono_ms()  # moves only when our own clock steps
 
     # ---- boot ------------------------------------------------------------
 
@@ -110,7 +117,18 @@ class Replica:
         if not self._refreshing:
             self._refreshing = True
             effects.append(RefreshRow())
+        now = self.clock.mono_ms()
+        if now - self._pinged_at >= PING_EVERY_MS:
+            self._pinged_at = now
+            for peer in self.membership.peers.values():
+                if peer.up:
+                    effects += self._ping(peer)
         return effects
+
+    def _ping(self, peer: Peer) -> list[Effect]:
+        """Ask a peer for its clock: the pong's ``sent_at`` and the round trip give its offset."""
+        self._pings += 1
+        return self._send(peer, ("ping", {"n": self._pings, "t": float(self.clock.wall_ms())}))
 
     def refreshed(self, present: bool | None, error: BaseException | None) -> list[Effect]:
         self._refreshing = False
@@ -178,7 +196,24 @@ class Replica:
         return self._repaired(adopted)
 
     def purge(self) -> int:
+        self._follow_own_step()
         return self.cache.purge(self.clock.wall_ms())
+
+    def _follow_own_step(self) -> None:
+        """Our own clock stepped (NTP, a resumed VM): move every expiry with it, so lifetimes keep to real time.
+
+        Expiries are stored in our wall clock; a step of 600 s back would
+        otherwise give every session here 600 s more.  Monotonic time does not
+        step, so the step is what wall minus monotonic moved by.  Smaller moves
+        (NTP slewing, up to the maximum offset) are absorbed as they come.
+        """
+        now = self.clock.wall_ms() - self.clock.mono_ms()
+        step = round(now - self._wall_minus_mono)
+        self._wall_minus_mono = now
+        if abs(step) > self.max_clock_offset_ms:
+            moved = self.cache.shift_expiries(step)
+            self.stats["own_clock_steps"] += 1
+            log.warning("this node's clock stepped by %+d ms: %d expiries moved with it", step, moved)
 
     # ---- receiving -------------------------------------------------------
 
@@ -221,7 +256,7 @@ class Replica:
         peer = self.membership.peers.get(env.sender)
         if peer is None:
             if env.type == "merge":  # signed by a member we have not met yet: still worth keeping
-                self._merge_from(env.payload["entries"])
+                self._merge_from(env.payload["entries"], env)
             if env.type != "hb":
                 return effects
             peer, effects = self._learn(env.sender, env.payload["bus"], env.payload["peer"], env.incarnation)
@@ -231,13 +266,15 @@ class Replica:
             return effects
         now = self.clock.mono_ms()
         came_up = self.membership.heard(peer, now)
+        self._clock_sample(peer, env)
         if env.type == "merge":
-            self._merge_from(env.payload["entries"])
+            self._merge_from(env.payload["entries"], env)
         elif env.type == "hb":
             peer.beat(now)
             reason = reason or self._check_digest(peer, env.payload["digest"])
         if came_up:
             reason = "peer_up"
+            effects += self._ping(peer)
         if reason:
             effects += self.request_repair(peer, reason)
         return effects
@@ -255,7 +292,7 @@ class Replica:
         if env.type == "diff_req":
             return [Reply(*self.repairs.answer_diff(p))]
         if env.type == "push":
-            return self._repaired(self.repairs.on_push(p["entries"]))
+            return self._repaired(self.repairs.on_push(self._rebased(p["entries"], env)))
         if env.type == "sync_req":
             return [Reply(*self.repairs.snapshot(p["digest"]))]
         if env.type == "ping":
@@ -270,10 +307,14 @@ class Replica:
         peer = self.membership.peers.get(name)
         if peer is None:  # forgotten while its reply was on the way
             return []
+        if env.type == "pong":
+            self._on_pong(peer, env)
+            return []
         if env.type == "tree_rep":
             return self._send(peer, self.repairs.on_tree_rep(peer, env.payload))
         if env.type == "diff_rep":
-            changed, push, more = self.repairs.on_diff_rep(peer, env.payload)
+            payload = dict(env.payload, entries=self._rebased(env.payload["entries"], env))
+            changed, push, more = self.repairs.on_diff_rep(peer, payload)
             effects = self._send(peer, push) + self._repaired(changed)
             if more:
                 effects += self.request_repair(peer, "more")
@@ -314,6 +355,8 @@ class Replica:
         if env.incarnation > peer.bus_incarnation:
             restarted = peer.bus_incarnation != 0
             peer.bus_incarnation, peer.last_seq = env.incarnation, env.seq
+            if restarted:  # its clock may have been stepped while it was down: measure again
+                peer.clock = Offset()
             return "peer_restart" if restarted else None
         if env.incarnation < peer.bus_incarnation or env.seq <= peer.last_seq:
             self.refusals.refuse("bus", "replay", env.sender)
@@ -333,12 +376,67 @@ class Replica:
         peer.mismatches += 1
         return "digest_mismatch" if peer.mismatches >= MISMATCH_HEARTBEATS else None
 
-    def _merge_from(self, entries: list[Entry]) -> None:
-        for entry in entries:
-            self.hlc.observe(entry_hlc(entry))
+    def _merge_from(self, entries: list[Entry], env: wire.Envelope) -> None:
+        entries = self._rebased(entries, env)
+        self._observe(entries)
         self.cache.merge(entries, self.clock.wall_ms())
         if self.trace is not None:
             self.trace.on_apply(entries)
+
+    # ---- clocks ----------------------------------------------------------
+
+    def _observe(self, entries: list[Entry]) -> None:
+        """Let the hybrid clock follow what we received, except versions beyond the maximum offset ahead."""
+        for entry in entries:
+            if not self.hlc.observe(entry_hlc(entry)):
+                self.stats["versions_ahead_of_clock"] += 1
+
+    def _clock_sample(self, peer: Peer, env: wire.Envelope) -> None:
+        """Every bus frame is a one-way sample; one that disagrees by more than the maximum means a step."""
+        sample = env.sent_at - self.clock.wall_ms()
+        estimate = peer.clock.ms
+        if estimate is not None and abs(sample - estimate) > self.max_clock_offset_ms:
+            peer.clock = Offset()  # it stepped (or we did): trust the fresh samples until the next pong
+        peer.clock.on_frame(env.sent_at, self.clock.wall_ms())
+        self._check_skew(peer)
+
+    def _on_pong(self, peer: Peer, env: wire.Envelope) -> None:
+        peer.clock.on_pong(env.payload["t"], env.sent_at, self.clock.wall_ms())
+        self._check_skew(peer)
+
+    def _check_skew(self, peer: Peer) -> None:
+        """Say it loudly when a peer's clock is beyond the maximum offset, and again while it stays there."""
+        now = self.clock.mono_ms()
+        if not peer.clock.beyond(self.max_clock_offset_ms):
+            if peer.skew_warned_at is not None:
+                peer.skew_warned_at = None
+                log.warning("peer %s's clock is back within %d ms of ours (%+.1f ms)", peer.name,
+                            self.max_clock_offset_ms, peer.clock.ms or 0.0)
+            return
+        if peer.skew_warned_at is not None and now - peer.skew_warned_at < SKEW_WARN_EVERY_MS:
+            return
+        peer.skew_warned_at = now
+        self.stats["clock_offset_warnings"] += 1
+        log.warning("peer %s's clock is %+.1f ms from ours, beyond --max-clock-offset-ms %d: one of the two clocks "
+                    "is wrong (fix NTP); sessions, logouts and lifetimes still hold, but its versions do not move "
+                    "our clock and it wins concurrent writes to one key only while it is ahead", peer.name,
+                    peer.clock.ms or 0.0, self.max_clock_offset_ms)
+
+    def _rebased(self, entries: list[Entry], env: wire.Envelope) -> list[Entry]:
+        """The entries with their expiries moved from the sender's clock into ours.
+
+        An expiry is the instant the sender's clock reads it; ours reads
+        ``offset`` ms less then.  A peer not measured yet is rebased with this
+        frame's own one-way sample, wrong only by its transit time.
+        """
+        peer = self.membership.peers.get(env.sender)
+        offset = peer.clock.ms if peer is not None else None
+        if offset is None:
+            offset = env.sent_at - self.clock.wall_ms()
+        shift = round(offset)
+        if not shift:
+            return entries
+        return [e._replace(expires=max(1, e.expires - shift)) if e.expires else e for e in entries]
 
     # ---- sending ---------------------------------------------------------
 
@@ -358,8 +456,7 @@ class Replica:
 
     def _repaired(self, entries: list[Entry]) -> list[Effect]:
         """Entries a repair brought in: tell the rest of the cluster, so they need not repair too."""
-        for entry in entries:
-            self.hlc.observe(entry_hlc(entry))
+        self._observe(entries)
         effects: list[Effect] = []
         for i in range(0, len(entries), REPUBLISH_BATCH):
             effects += self.publish_entries(entries[i:i + REPUBLISH_BATCH])
@@ -376,7 +473,7 @@ class Replica:
 
     def write(self, kind: str, key: str, value: dict[str, Any] | None, expires: int) -> tuple[Entry, list[Effect]]:
         """Stamp a local change, apply it, and say how to publish it."""
-        entry = Entry(kind, key, self.hlc.now(), self.name, value, expires)
+        entry = Entry(kind, key, self.stamp(kind, key), self.name, value, expires)
         self.cache.merge([entry], self.clock.wall_ms())
         return entry, self.publish_entries([entry])
 
@@ -385,9 +482,15 @@ class Replica:
         self.cache.merge(entries, self.clock.wall_ms())
         return self.publish_entries(entries)
 
-    def stamp(self) -> int:
-        """A fresh version, later than any seen here."""
-        return self.hlc.now()
+    def stamp(self, kind: str, key: str) -> int:
+        """A fresh version for a write to this key: later than any seen here, and than the version it replaces.
+
+        The second part keeps causality on the key when the version it replaces
+        came from a clock beyond the maximum offset ahead, which the hybrid
+        clock does not follow.
+        """
+        item = self.cache.get(kind, key)
+        return self.hlc.now(after=item[0] if item is not None else 0)
 
     def now(self) -> int:
         """Wall milliseconds, as expiries are written."""
@@ -418,10 +521,12 @@ class Replica:
 
     def peers_report(self) -> dict[str, Any]:
         """What ``logonmesh peers`` and the web's /cluster page show."""
-        root, now = self.cache.digest.root, self.clock.mono_ms()
+        root, now, limit = self.cache.digest.root, self.clock.mono_ms(), self.max_clock_offset_ms
         return {"node": self.name, "digest": root.hex(),
                 "heartbeat_ms": self.heartbeat_ms, "down_after_ms": self.down_after_ms,
-                "peers": [p.view(root, now) for p in sorted(self.membership.peers.values(), key=lambda p: p.name)]}
+                "max_clock_offset_ms": limit,
+                "peers": [p.view(root, now) | p.clock.view(limit)
+                          for p in sorted(self.membership.peers.values(), key=lambda p: p.name)]}
 
     def state(self) -> dict[str, Any]:
         """The replica's part of ``status``."""

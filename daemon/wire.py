@@ -4,12 +4,15 @@ A message is a single ZeroMQ frame (one frame is several times cheaper than a
 multipart send in pyzmq)::
 
     frame   = body || mac
-    body    = msgpack([version, type, sender, incarnation, seq, payload])
+    body    = msgpack([version, type, sender, incarnation, seq, sent_at, payload])
     mac     = HMAC-SHA256(wire_key, body)            -- 32 bytes
     wire_key = SHA256(b"logonmesh/wire/v1" || cookie)
 
 ``seq`` is per sender and per stream: on the bus it rises by one with every
-message, so a receiver sees a gap when PUB/SUB drops one.  ``payload`` is a
+message, so a receiver sees a gap when PUB/SUB drops one.  ``sent_at`` is the
+sender's wall clock (ms since the epoch) when it signed the frame: receivers
+measure each peer's clock offset from it (``daemon.offsets``) and rebase the
+expiries a frame carries into their own clock.  ``payload`` is a
 map whose fields are fixed by ``SCHEMA`` below; the schema is also printed in
 docs/wire.md.  Anything that fails a check raises ``WireError`` with a short
 reason that the caller counts and logs; nothing is ever half-applied.
@@ -21,14 +24,14 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
 from logonmesh.daemon.config import NAME_RE
 from logonmesh.daemon.kinds import KINDS, Entry
 
-VERSION = 2
+VERSION = 3
 MAC_SIZE = 32
 SHORT_HASH = 8  # bytes of an entry hash that a repair uses to name an entry
 MAX_SEQ = 2**64 - 1
@@ -100,11 +103,21 @@ class Envelope:
     sender: str
     incarnation: int
     seq: int
+    sent_at: int        # the sender's wall clock, ms since the epoch, when it signed the frame
     payload: dict[str, Any]
 
 
-def new_incarnation() -> int:
-    return time.time_ns() // 1000
+def new_incarnation(after: int = 0) -> int:
+    """Microseconds since the epoch, but always above ``after`` (the last incarnation this node used).
+
+    Receivers refuse an incarnation lower than one they have seen, so a node
+    restarted with its clock stepped back must still start above its last life.
+    """
+    return max(time.time_ns() // 1000, after + 1)
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def wire_key(cookie: bytes) -> bytes:
@@ -115,18 +128,20 @@ def wire_key(cookie: bytes) -> bytes:
 class Codec:
     """Encodes one sender's stream and decodes anybody's, with one key."""
 
-    def __init__(self, cookie: bytes, sender: str, incarnation: int | None = None) -> None:
+    def __init__(self, cookie: bytes, sender: str, incarnation: int | None = None,
+                 clock: Callable[[], int] = wall_ms) -> None:
         self._key = wire_key(cookie)
         self.sender = sender
         # Receivers refuse an incarnation older than one they have seen from this sender,
         # so a new stream must start with a larger one: microseconds since the epoch.
         self.incarnation = new_incarnation() if incarnation is None else incarnation
         self.seq = 0
+        self._clock = clock
 
     def encode(self, type_: str, payload: dict[str, Any]) -> bytes:
         """Sign a message with the next sequence number of this stream."""
         self.seq += 1
-        body: bytes = msgpack.packb([VERSION, type_, self.sender, self.incarnation, self.seq, payload],
+        body: bytes = msgpack.packb([VERSION, type_, self.sender, self.incarnation, self.seq, self._clock(), payload],
                                     use_bin_type=True)
         return body + hmac.new(self._key, body, hashlib.sha256).digest()
 
@@ -145,20 +160,20 @@ def decode(key: bytes, frame: bytes) -> Envelope:
         fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError("malformed", type(exc).__name__) from None
-    if not isinstance(fields, list) or len(fields) != 6:
-        raise WireError("malformed", "envelope is not a 6-item array")
-    version, type_, sender, incarnation, seq, payload = fields
+    if not isinstance(fields, list) or len(fields) != 7:
+        raise WireError("malformed", "envelope is not a 7-item array")
+    version, type_, sender, incarnation, seq, sent_at, payload = fields
     if version != VERSION:
         raise WireError("unknown_version", repr(version))
     if not isinstance(type_, str) or type_ not in SCHEMA:
         raise WireError("unknown_type", repr(type_)[:40])
     if not isinstance(sender, str) or not NAME_RE.match(sender):
         raise WireError("malformed", "bad sender")
-    for name, value in (("incarnation", incarnation), ("seq", seq)):
+    for name, value in (("incarnation", incarnation), ("seq", seq), ("sent_at", sent_at)):
         if not _uint(value):
             raise WireError("malformed", f"bad {name}")
     _check_payload(type_, payload)
-    return Envelope(version, type_, sender, incarnation, seq, payload)
+    return Envelope(version, type_, sender, incarnation, seq, sent_at, payload)
 
 
 def _check_payload(type_: str, payload: Any) -> None:

@@ -77,8 +77,13 @@ class Registry(Protocol):
     def withdraw(self, node_id: str, incarnation: int) -> None:
         """Remove this node's row, on a clean shutdown."""
 
-    def prune(self, stale_before: float) -> list[str]:
-        """Delete rows whose heartbeat is older than ``stale_before``; returns their ids."""
+    def prune(self, stale_after_s: float) -> list[str]:
+        """Delete rows whose heartbeat has not changed for ``stale_after_s`` seconds; returns their ids.
+
+        "Changed", not "older than": a row's ``heartbeat_at`` comes from its
+        writer's clock, which may be minutes off ours, so staleness is judged
+        by how long this reader has seen the same value (its monotonic clock).
+        """
 
     def close(self) -> None:
         """Release the connection."""

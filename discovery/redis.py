@@ -307,7 +307,7 @@ class RedisRegistry:
         self.link.call("withdraw this node", lambda c: self._withdraw(
             keys=[self._key(node_id)], args=[str(incarnation)], client=c))
 
-    def prune(self, stale_before: float) -> list[str]:
+    def prune(self, stale_after_s: float) -> list[str]:
         """Nothing to do: each row's TTL deletes it once it is stale."""
         return []
 

@@ -157,6 +157,7 @@ class SqliteRegistry:
 
     def __init__(self, path: str) -> None:
         self.db = open_db(path)
+        self._beats: dict[str, tuple[float, float]] = {}  # id -> (heartbeat_at seen, monotonic s it was first seen)
         with_retry(lambda: self.db.table("clusters").create(
             {"id": str, "bus_endpoint": str, "peer_endpoint": str, "host": str, "pid": int,
              "incarnation": int, "started_at": float, "heartbeat_at": float},
@@ -179,13 +180,26 @@ class SqliteRegistry:
         with_retry(lambda: self.db.execute("delete from clusters where id = ? and incarnation = ?",
                                            [node_id, incarnation]), 0.5)
 
-    def prune(self, stale_before: float) -> list[str]:
+    def prune(self, stale_after_s: float) -> list[str]:
+        """Delete the rows whose heartbeat this reader has seen unchanged for ``stale_after_s`` (its own clock).
+
+        The delete names the value seen, so a row refreshed in between stays.
+        """
         def run() -> list[str]:
-            ids = [r["id"] for r in self.db.query("select id from clusters where heartbeat_at < ?",
-                                                  [stale_before])]
-            if ids:
-                self.db.execute("delete from clusters where heartbeat_at < ?", [stale_before])
-            return ids
+            now, stale = time.monotonic(), []
+            rows = {r["id"]: r["heartbeat_at"] for r in self.db.query("select id, heartbeat_at from clusters")}
+            for node_id in self._beats.keys() - rows.keys():
+                del self._beats[node_id]
+            for node_id, beat in rows.items():
+                seen = self._beats.get(node_id)
+                if seen is None or seen[0] != beat:
+                    self._beats[node_id] = (beat, now)
+                elif now - seen[1] > stale_after_s:
+                    cur = self.db.execute("delete from clusters where id = ? and heartbeat_at = ?", [node_id, beat])
+                    if cur.rowcount:
+                        stale.append(node_id)
+                        del self._beats[node_id]
+            return stale
         return with_retry(run, RETRY_S)
 
     def close(self) -> None:

@@ -47,9 +47,12 @@ def make_entry(kind: str, key: str, hlc: int, origin: str) -> Entry:
     else:
         value = None if hlc % 3 == 0 else {"uid": f"{origin}x{hlc}", "user": key}
     # NOW-1000 .. NOW+3000, so some have already expired.  A later version never expires earlier than
-    # an older one of the same key (the daemon's revoke gives a tombstone the session's own expiry),
-    # which is what lets a purge forget a key for good.
+    # an older one of the same key, and a session's tombstone never before any live copy of its token
+    # (the daemon's revoke gives it the session's own expiry and a grace): that is what lets a purge
+    # forget a key for good.
     expires = NOW + (hlc // 3 - 1) * 1000
+    if kind == "s" and value is None:
+        expires = NOW + 3000 + hlc // 3 * 1000
     return Entry(kind, key, hlc, origin, value, expires)
 
 
@@ -73,15 +76,26 @@ def state(cache: Cache) -> tuple:
 
 
 def model(entries: list, now: int = NOW) -> dict:
-    """What the merge must give: per key, the highest version among entries that have not expired."""
+    """What the merge must give: per key, the highest version among entries that have not expired.
+
+    Sessions are a lattice: any tombstone beats every live copy, and the
+    winning tombstone takes the latest expiry of all the copies of its token.
+    """
     best: dict = {}
+    latest: dict = {}
     for e in entries:
         kind, key, hlc, origin, value, expires = e
         if expires and expires <= now:
             continue
-        if (kind, key) not in best or (hlc, origin) > best[(kind, key)][:2]:
-            best[(kind, key)] = (hlc, origin, value, expires)
-    return best
+        rank = (kind == "s" and value is None, hlc, origin)
+        latest[(kind, key)] = max(latest.get((kind, key), 0), expires)
+        if (kind, key) not in best or rank > best[(kind, key)][0]:
+            best[(kind, key)] = (rank, (hlc, origin, value, expires))
+    won = {k: v for k, (_, v) in best.items()}
+    for (kind, key), (hlc, origin, value, expires) in won.items():
+        if kind == "s" and value is None:
+            won[(kind, key)] = (hlc, origin, value, latest[(kind, key)])
+    return won
 
 
 def contents(cache: Cache) -> dict:
@@ -171,9 +185,27 @@ def test_tombstone_beats_an_older_session_in_either_order():
         assert (counts["users"], counts["sessions"], counts["tombstones"]) == (0, 0, 1)
 
 
-def test_an_older_tombstone_does_not_kill_a_newer_session():
-    cache = cache_of([session(7), tombstone(6)])
-    assert cache.get("s", "tok")[2] is not None
+def test_a_tombstone_beats_a_live_session_whatever_their_versions():
+    """Revocation is monotone: a session stamped later (a clock ahead) still ends, in either order."""
+    for order in ([session(7), tombstone(6)], [tombstone(6), session(7)], [tombstone(1), session(2**40)]):
+        cache = cache_of(order)
+        assert cache.get("s", "tok")[2] is None
+        assert cache.merge([session(2**50)], now=NOW) == []  # no later copy brings it back
+
+
+def test_a_tombstone_takes_the_later_expiry_of_the_copies_it_defeats():
+    cache = cache_of([tombstone(6, expires=NOW + 1000)])
+    cache.merge([session(9, expires=NOW + 5000)], now=NOW)
+    assert cache.get("s", "tok")[3] == NOW + 5000
+    assert cache.purge(now=NOW + 1000) == 0 and cache.purge(now=NOW + 5000) == 1
+
+
+def test_records_and_failure_counts_stay_last_writer_wins():
+    """Only sessions are a lattice: a record deleted, then written again, is back."""
+    deleted = Entry("r", "ns/k", 5, "n1", None, 0)
+    again = Entry("r", "ns/k", 6, "n1", {"v": 1}, 0)
+    assert cache_of([deleted, again]).get("r", "ns/k")[2] == {"v": 1}
+    assert cache_of([again, deleted]).get("r", "ns/k")[2] == {"v": 1}
 
 
 def test_equal_hlc_ties_break_on_origin():

@@ -351,7 +351,7 @@ def test_garbage_on_the_ipc_socket_gets_an_error_and_the_daemon_keeps_serving(pa
     key = wire.wire_key(pair.cookie.encode())
     good = wire.Codec(pair.cookie.encode(), "tester", 1)
     evil = wire.Codec(b"not the cluster cookie", "tester", 1)
-    body = msgpack.packb([wire.VERSION, "req", "tester", 1, 99, {"id": 99, "op": "ping", "args": {b"x": 1, "y": 2}}],
+    body = msgpack.packb([wire.VERSION, "req", "tester", 1, 99, 0, {"id": 99, "op": "ping", "args": {b"x": 1, "y": 2}}],
                          use_bin_type=True)
     import hashlib
     import hmac

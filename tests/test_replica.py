@@ -42,11 +42,19 @@ T0_WALL = 1_800_000_000_000
 
 
 class FakeClock:
-    """Both clocks of the core, moved only by the test."""
+    """Both clocks of the core, moved only by the test.
+
+    The latest one made is the test's world time: remotes read it too (plus
+    their own skew), so a frame's ``sent_at`` agrees with the replica's clock
+    unless a test says otherwise.
+    """
+
+    current: "FakeClock | None" = None
 
     def __init__(self) -> None:
         self.mono = 50_000.0
         self.wall = T0_WALL
+        FakeClock.current = self
 
     def mono_ms(self) -> float:
         return self.mono
@@ -70,11 +78,16 @@ def router(name: str) -> str:
 class Remote:
     """A peer as the replica hears it: its own signed bus and direct streams."""
 
-    def __init__(self, name: str, incarnation: int = 1000) -> None:
+    def __init__(self, name: str, incarnation: int = 1000, skew_ms: int = 0) -> None:
         self.name = name
         self.incarnation = incarnation
-        self.bus_codec = wire.Codec(COOKIE, name, incarnation)
-        self.direct_codec = wire.Codec(COOKIE, name, incarnation)
+        self.skew_ms = skew_ms  # how far this peer's wall clock is ahead of the test's
+        self.bus_codec = wire.Codec(COOKIE, name, incarnation, clock=self.wall_ms)
+        self.direct_codec = wire.Codec(COOKIE, name, incarnation, clock=self.wall_ms)
+
+    def wall_ms(self) -> int:
+        world = FakeClock.current
+        return (world.wall if world is not None else T0_WALL) + self.skew_ms
 
     def hb(self, digest: bytes, size: int = 0) -> wire.Envelope:
         return self._env(self.bus_codec, "hb", {"size": size, "digest": digest,
@@ -137,7 +150,8 @@ def test_first_heartbeat_brings_a_peer_up_dials_it_and_starts_a_repair() -> None
     r, b = replica(), Remote("b")
     effects = r.on_bus(b.hb(b"\0" * 16))
     assert effects[:2] == [OpenDealer("b", router("b")), Follow(bus("b"))]
-    (req,) = sends(effects)
+    ping, req = sends(effects)
+    assert (ping.peer, ping.type) == ("b", "ping")  # its clock, measured at once
     assert (req.peer, req.type) == ("b", "tree_req")
     assert r.peers_up() == ["b"]
     assert r.stats["repairs_for_peer_up"] == 1
@@ -254,8 +268,8 @@ def test_silence_past_down_after_marks_a_peer_down_and_hearing_it_again_repairs(
     assert r.liveness() == []  # down, but still in the registry: never forgotten
     assert r.peers_up() == []
     assert r.peers_report()["peers"][0]["reason"].startswith("no heartbeat for")
-    (req,) = sends(r.on_bus(b.hb(r.cache.digest.root)))
-    assert req.type == "tree_req" and r.stats["repairs_for_peer_up"] == 2
+    (req,) = sends(r.on_bus(b.hb(r.cache.digest.root)), "tree_req")
+    assert r.stats["repairs_for_peer_up"] == 2
 
 
 def test_a_withdrawn_peer_is_marked_down_its_users_adopted_and_later_forgotten() -> None:
@@ -348,15 +362,14 @@ def test_the_peer_socket_answers_a_ping_once_and_refuses_its_replay() -> None:
 
 def test_a_merge_is_applied_and_the_clock_moves_past_its_version() -> None:
     clock = FakeClock()
-    r, b = replica(clock=clock), Remote("b")
+    r, b = replica(clock=clock), Remote("b", skew_ms=400)
     met(r, b)
-    future = (T0_WALL + 60_000) << 16  # a peer whose clock runs a minute ahead
-    r.on_bus(b.merge([session("tok", "al", future, "b", T0_WALL + 3_600_000)]))
-    assert r.lookup("s", "tok")[2] == {"uid": "u-al", "user": "al"}
-    entry, effects = r.write("s", "tok", None, T0_WALL + 3_600_000)  # revoke it here
-    assert entry[2] > future  # so the revocation wins everywhere
+    ahead = (T0_WALL + 400) << 16  # a peer whose clock runs 400 ms ahead: within the maximum offset
+    r.on_bus(b.merge([["r", "ns/k", ahead, "b", {"v": 1}, 0]]))
+    assert r.lookup("r", "ns/k")[2] == {"v": 1}
+    entry, effects = r.write("s", "tok", None, T0_WALL + 3_600_000)  # any later write here
+    assert entry[2] > ahead  # follows what it saw
     assert effects == [Publish("merge", {"entries": [entry]})]
-    assert r.lookup("s", "tok")[2] is None
 
 
 def test_a_merge_from_a_sender_not_met_yet_is_kept_without_making_it_a_peer() -> None:
@@ -377,6 +390,174 @@ def test_a_session_stops_existing_once_the_clock_passes_its_expiry() -> None:
     # and a late copy of it is refused, so a repair cannot bring it back
     r.on_bus(Remote("b").merge([session("tok", "al", 1 << 40, "n1", T0_WALL + 5_000)]))
     assert not r.has("s", "tok")
+
+
+# ---- clocks that disagree --------------------------------------------------
+
+
+class SkewedClock(FakeClock):
+    """A node's clocks: monotonic as the world's, wall ahead of it by ``skew_ms`` (libfaketime's job, in memory)."""
+
+    def __init__(self, world: FakeClock, skew_ms: int) -> None:
+        self.world, self.skew_ms = world, skew_ms
+
+    def mono_ms(self) -> float:
+        return self.world.mono
+
+    def wall_ms(self) -> int:
+        return self.world.wall + self.skew_ms
+
+
+def pinged(r: Replica, peer: Remote, clock: FakeClock, rtt_ms: int = 2) -> None:
+    """History: r pings the peer on its next heartbeat, and the pong comes back after ``rtt_ms``."""
+    clock.advance(1000)
+    (ping,) = sends(r.heartbeat(), "ping")
+    clock.advance(rtt_ms // 2)
+    pong = peer.direct("pong", ping.payload)  # signed at the peer's clock, half way
+    clock.advance(rtt_ms - rtt_ms // 2)
+    assert r.on_peer_reply(peer.name, pong, 20) == []
+
+
+@pytest.mark.parametrize("skew_ms", [300_000, -300_000, 3])
+def test_a_peer_clock_offset_is_measured_from_pings_to_within_half_the_round_trip(skew_ms: int) -> None:
+    clock = FakeClock()
+    r, b = replica(clock=clock), Remote("b", skew_ms=skew_ms)
+    met(r, b)
+    pinged(r, b, clock, rtt_ms=2)
+    (view,) = r.peers_report()["peers"]
+    assert abs(view["clock_offset_ms"] - skew_ms) <= 1 and view["clock_rtt_ms"] == 2
+    assert view["clock_skewed"] is (abs(skew_ms) > 500)
+    assert r.peers_report()["max_clock_offset_ms"] == 500
+
+
+def test_a_peer_beyond_the_maximum_offset_is_warned_about_loudly_then_every_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    r, b = replica(clock=clock), Remote("b", skew_ms=300_000)
+    with caplog.at_level(logging.WARNING, logger="logonmesh.daemon.replica"):
+        met(r, b)
+        for _ in range(10):
+            clock.advance(HEARTBEAT_MS)
+            r.on_bus(b.hb(r.cache.digest.root))
+        warned = [m for m in caplog.messages if "beyond --max-clock-offset-ms 500" in m]
+        assert len(warned) == 1 and "+300000" in warned[0] and r.stats["clock_offset_warnings"] == 1
+        clock.advance(60_000)
+        r.on_bus(b.hb(r.cache.digest.root))
+        assert r.stats["clock_offset_warnings"] == 2
+        b.skew_ms = 0  # its NTP fixed it: samples that disagree by that much mean a step, measured afresh
+        clock.advance(HEARTBEAT_MS)
+        r.on_bus(b.hb(r.cache.digest.root))
+    assert any("back within 500 ms" in m for m in caplog.messages)
+    assert abs(r.peers_report()["peers"][0]["clock_offset_ms"]) < 1
+
+
+@pytest.mark.parametrize("skew_ms", [300_000, -300_000])
+def test_expiries_from_a_skewed_peer_are_rebased_so_lifetimes_hold_here(skew_ms: int) -> None:
+    """A session and a failure count keep their lifetime in our clock, measured or not yet measured."""
+    clock = FakeClock()
+    r, b = replica(clock=clock), Remote("b", skew_ms=skew_ms)
+    r.on_bus(b.merge([session("early", "al", 1 << 40, "b", b.wall_ms() + 60_000)]))  # not met yet: one-way
+    met(r, b)
+    pinged(r, b, clock)
+    count = ["t", "user:al@b", 1 << 40, "b", {"n": 3}, b.wall_ms() + 60_000]
+    r.on_bus(b.merge([session("tok", "al", 1 << 40, "b", b.wall_ms() + 60_000), count]))
+    now = clock.wall
+    assert r.lookup("s", "early")[3] == now - 1002 + 60_000  # made 1002 ms ago, with a 60 s lifetime
+    assert r.lookup("s", "tok")[3] == now + 60_000 and r.lookup("t", "user:al@b")[3] == now + 60_000
+    clock.advance(59_999)
+    r.purge()
+    assert r.has("s", "tok") and r.has("t", "user:al@b")
+    clock.advance(1)
+    r.purge()
+    assert not r.has("s", "tok") and not r.has("t", "user:al@b")
+
+
+def test_versions_beyond_the_maximum_offset_do_not_drag_our_clock_but_writes_to_their_key_still_win() -> None:
+    clock = FakeClock()
+    r, b = replica(clock=clock), Remote("b", skew_ms=300_000)
+    met(r, b)
+    future = b.wall_ms() << 16
+    r.on_bus(b.merge([["r", "ns/k", future, "b", {"v": 1}, 0], session("tok", "al", future, "b", b.wall_ms() + 9000)]))
+    assert r.stats["versions_ahead_of_clock"] == 2
+    other, _ = r.write("s", "mine", {"uid": "u-al", "user": "al"}, clock.wall + 9000)
+    assert other.hlc >> 16 <= clock.wall + 500  # the cluster's clock stays near real time
+    deleted, _ = r.write("r", "ns/k", None, 0)  # deleting what it read: above the version it replaces
+    assert deleted.hlc > future and r.lookup("r", "ns/k")[2] is None
+
+
+def test_a_logout_holds_against_a_session_stamped_by_a_clock_minutes_ahead_in_any_order() -> None:
+    clock = FakeClock()
+    r, fast, slow = replica(clock=clock), Remote("f", skew_ms=300_000), Remote("s", skew_ms=-300_000)
+    met(r, fast)
+    met(r, slow)
+    live = session("tok", "al", fast.wall_ms() << 16, "f", fast.wall_ms() + 60_000)
+    dead = ["s", "tok", slow.wall_ms() << 16, "s", None, slow.wall_ms() + 60_000]  # from a node that never saw it
+    r.on_bus(slow.merge([dead]))
+    r.on_bus(fast.merge([live]))
+    assert r.lookup("s", "tok")[2] is None
+    assert r.lookup("s", "tok")[3] >= clock.wall + 60_000  # and it outlives the copy it defeated
+
+
+def test_a_peer_restarted_with_its_clock_stepped_back_is_measured_again() -> None:
+    clock = FakeClock()
+    r, b = replica(clock=clock), Remote("b", skew_ms=0)
+    met(r, b)
+    pinged(r, b, clock)
+    reborn = Remote("b", incarnation=b.incarnation + 1, skew_ms=-600_000)
+    clock.advance(HEARTBEAT_MS)
+    r.on_bus(reborn.hb(r.cache.digest.root))
+    assert abs(r.peers_report()["peers"][0]["clock_offset_ms"] + 600_000) <= 1  # its one-way sample, at once
+    pinged(r, reborn, clock)
+    assert abs(r.peers_report()["peers"][0]["clock_offset_ms"] + 600_000) <= 1
+
+
+@pytest.mark.parametrize("step_ms", [-600_000, 600_000])
+def test_when_our_own_clock_steps_every_expiry_moves_with_it(step_ms: int, caplog: pytest.LogCaptureFixture) -> None:
+    world = FakeClock()
+    own = SkewedClock(world, 0)
+    r = replica(clock=own)
+    r.apply_local([session("tok", "al", 1 << 40, "n1", own.wall_ms() + 60_000)])
+    own.skew_ms = step_ms  # NTP steps our clock; monotonic time goes on
+    with caplog.at_level(logging.WARNING, logger="logonmesh.daemon.replica"):
+        r.purge()
+    assert r.stats["own_clock_steps"] == 1 and any("stepped by" in m for m in caplog.messages)
+    world.advance(59_999)
+    r.purge()
+    assert r.has("s", "tok")  # neither cut short by a step forward
+    world.advance(1)
+    r.purge()
+    assert not r.has("s", "tok")  # nor lengthened by a step back
+    own.skew_ms += 400  # a small move (slewing): absorbed
+    r.purge()
+    assert r.stats["own_clock_steps"] == 1
+
+
+@pytest.mark.parametrize("skew_ms", [300_000, -300_000])
+def test_replicas_whose_clocks_disagree_converge_and_stop_repairing(skew_ms: int) -> None:
+    """Sessions, a logout made where the session was unknown, failure counts: equal digests, then quiet."""
+    world = FakeClock()
+    a, b = replica("a", SkewedClock(world, skew_ms)), replica("b", world)
+    net = Net({"a": a, "b": b})
+    net.run("a", a.on_rows([Remote("b").row()]))
+    net.run("b", b.on_rows([Remote("a").row()]))
+    for _ in range(3):
+        world.advance(HEARTBEAT_MS)
+        net.run("a", a.heartbeat())
+        net.run("b", b.heartbeat())
+    net.run("a", a.write("s", "tok", {"uid": "u-al", "user": "al"}, a.now() + 60_000)[1])
+    net.run("a", a.write("t", "user:al@a", {"n": 1}, a.now() + 60_000)[1])
+    net.run("b", b.write("s", "tok", None, b.now() + 60_000 + 60_000)[1])
+    assert a.lookup("s", "tok")[2] is None and a.cache.digest.root == b.cache.digest.root
+    started = a.stats["repairs_started"] + b.stats["repairs_started"]
+    for _ in range(1300):  # past the count's window and the tombstone's grace: both purge at the same instant
+        world.advance(HEARTBEAT_MS)
+        a.purge()
+        b.purge()
+        net.run("a", a.heartbeat())
+        net.run("b", b.heartbeat())
+        assert a.cache.digest.root == b.cache.digest.root
+    assert len(a.cache) == len(b.cache) == 0
+    assert a.stats["repairs_started"] + b.stats["repairs_started"] == started
 
 
 # ---- timers and registry jobs ----------------------------------------------
@@ -443,7 +624,8 @@ class Net:
     published: dict[str, list[list]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.codecs = {name: (wire.Codec(COOKIE, name, r.incarnation), wire.Codec(COOKIE, name, r.incarnation))
+        self.codecs = {name: (wire.Codec(COOKIE, name, r.incarnation, clock=r.clock.wall_ms),
+                              wire.Codec(COOKIE, name, r.incarnation, clock=r.clock.wall_ms))
                        for name, r in self.nodes.items()}
 
     def run(self, src: str, effects: list[Effect], limit: int = 100) -> None:

@@ -71,9 +71,12 @@ def sign(body: bytes, key: bytes = KEY) -> bytes:
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
 
-def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 2, sender: Any = "n1",
-             incarnation: Any = 9, seq: Any = 1) -> bytes:
-    return sign(pack([version, type_, sender, incarnation, seq, {} if payload is None else payload]))
+SENT_AT = 1_700_000_000_123
+
+
+def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 3, sender: Any = "n1",
+             incarnation: Any = 9, seq: Any = 1, sent_at: Any = SENT_AT) -> bytes:
+    return sign(pack([version, type_, sender, incarnation, seq, sent_at, {} if payload is None else payload]))
 
 
 def reason_of(frame: bytes, key: bytes = KEY) -> str:
@@ -99,10 +102,11 @@ def test_key_derivation_is_sha256_of_label_and_cookie():
 
 @pytest.mark.parametrize("type_", sorted(SAMPLES))
 def test_round_trip_every_type(type_):
-    codec = Codec(COOKIE, "n1", 42)
+    codec = Codec(COOKIE, "n1", 42, clock=lambda: SENT_AT)
     frame = codec.encode(type_, SAMPLES[type_])
     env = decode(KEY, frame)
-    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (2, type_, "n1", 42, 1)
+    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (3, type_, "n1", 42, 1)
+    assert env.sent_at == SENT_AT
     assert plain(env.payload) == SAMPLES[type_]
     assert codec.decode(frame) == env
     assert all(isinstance(e, Entry) for e in env.payload.get("entries", ()))
@@ -114,14 +118,14 @@ def plain(payload: dict) -> dict:
 
 
 def test_frame_layout_matches_the_spec():
-    codec = Codec(COOKIE, "node-7", 2**63)
+    codec = Codec(COOKIE, "node-7", 2**63, clock=lambda: SENT_AT)
     frame = codec.encode("hb", SAMPLES["hb"])
     body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
     assert MAC_SIZE == 32
     assert mac == hmac.new(KEY, body, hashlib.sha256).digest()
-    assert msgpack.unpackb(body, raw=False) == [2, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]
+    assert msgpack.unpackb(body, raw=False) == [3, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
     # bytes travel as msgpack bin, text as str: an independent encoder's frame is byte-identical
-    assert frame == sign(pack([2, "hb", "node-7", 2**63, 1, SAMPLES["hb"]]))
+    assert frame == sign(pack([3, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
 
 
 def test_independently_built_frame_decodes():
@@ -158,10 +162,10 @@ def test_wrong_key_is_a_bad_signature():
 
 
 def test_unsigned_body_is_rejected():
-    body = pack([2, "hb", "n1", 1, 1, SAMPLES["hb"]])
+    body = pack([3, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
     assert len(body) > MAC_SIZE
     assert reason_of(body) == "bad_signature"
-    assert reason_of(pack([2, "ack", "n1", 1, 1, {}])) == "truncated"  # not even a MAC's worth of bytes
+    assert reason_of(pack([3, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, MAC_SIZE])
@@ -197,7 +201,7 @@ def test_random_bytes_are_rejected(junk):
 # ---- envelope checks (validly signed, wrong inside) ------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255, "2", None, 2.0 + 0.5])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 255, "3", None, 3.0 + 0.5])
 def test_unknown_version(version):
     assert reason_of(envelope(version=version)) == "unknown_version"
 
@@ -209,16 +213,16 @@ def test_unknown_type(type_):
 
 @pytest.mark.parametrize("body", [
     b"\xc1",                                   # a byte msgpack never uses
-    b"\x96\x01",                               # a 6-array cut short
+    b"\x97\x01",                               # a 7-array cut short
     b"\xa2\xff\xfe",                           # a str that is not UTF-8
-    pack([2, "ack", "n1", 1, 1, {}]) + b"\x00",  # trailing data
-    pack({"version": 2}),                      # not an array
+    pack([3, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
+    pack({"version": 3}),                      # not an array
     pack(42),
-    pack([2, "ack", "n1", 1, 1]),              # 5 items
-    pack([2, "ack", "n1", 1, 1, {}, 0]),       # 7 items
-    pack([2, "ack", "n1", 1, 1, {1: 2}]),      # a map key that is neither str nor bin
-    pack([2, "ack", "n1", 1, 1, []]),          # payload not a map
-    pack([2, "ack", "n1", 1, 1, None]),
+    pack([3, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
+    pack([3, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
+    pack([3, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
+    pack([3, "ack", "n1", 1, 1, 0, []]),       # payload not a map
+    pack([3, "ack", "n1", 1, 1, 0, None]),
 ], ids=lambda b: b[:12].hex())
 def test_malformed_bodies(body):
     assert reason_of(sign(body)) == "malformed"
@@ -229,9 +233,9 @@ def test_bad_sender(sender):
     assert reason_of(envelope(sender=sender)) == "malformed"
 
 
-@pytest.mark.parametrize("field", ["incarnation", "seq"])
+@pytest.mark.parametrize("field", ["incarnation", "seq", "sent_at"])
 @pytest.mark.parametrize("value", [-1, True, 1.5, "1", None, b"\x01"])
-def test_bad_incarnation_or_seq(field, value):
+def test_bad_incarnation_seq_or_sent_at(field, value):
     assert reason_of(envelope(**{field: value})) == "malformed"
 
 

@@ -97,7 +97,7 @@ def refusal(key: bytes, frame: bytes, allowed: Iterable[str]) -> str | None:
 def genuine_frames(draw: Callable, key: bytes, types: Iterable[str] | None = None) -> bytes:
     """A well-formed, correctly signed frame of some type: the raw material of the mutations."""
     type_ = draw(st.sampled_from(sorted(types or wire.SCHEMA)))
-    fields = [wire.VERSION, type_, draw(NAMES), draw(UINT64), draw(UINT64), sample_payload(type_)]
+    fields = [wire.VERSION, type_, draw(NAMES), draw(UINT64), draw(UINT64), draw(UINT64), sample_payload(type_)]
     return sign(key, pack(fields))
 
 
@@ -165,11 +165,11 @@ def wrong_schema_bodies(draw: Callable, types: Iterable[str] | None = None) -> b
     """An envelope with one to three of its parts replaced: version, type, sender, numbers or payload fields."""
     type_ = draw(st.sampled_from(sorted(types or wire.SCHEMA)))
     payload = sample_payload(type_)
-    fields: list[Any] = [wire.VERSION, type_, draw(NAMES), draw(UINT64), draw(UINT64), payload]
+    fields: list[Any] = [wire.VERSION, type_, draw(NAMES), draw(UINT64), draw(UINT64), draw(UINT64), payload]
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["envelope", "field", "drop", "add", "entry"]))
         if where == "envelope":
-            fields[draw(st.integers(0, 5))] = draw(MSGPACK_VALUES)
+            fields[draw(st.integers(0, 6))] = draw(MSGPACK_VALUES)
         elif where == "field" and payload:
             payload[draw(st.sampled_from(list(payload)))] = draw(MSGPACK_VALUES)
         elif where == "drop" and payload:
@@ -216,7 +216,7 @@ def bad_requests(draw: Callable, key: bytes) -> bytes:
     args = draw(st.dictionaries(st.text(max_size=10), MSGPACK_VALUES, max_size=4))
     if control.check_args(op, args) is None:
         args["unexpected"] = 1
-    fields = [wire.VERSION, "req", draw(NAMES), draw(UINT64), draw(UINT64),
+    fields = [wire.VERSION, "req", draw(NAMES), draw(UINT64), draw(UINT64), draw(UINT64),
               {"id": draw(st.integers(0, 2**32)), "op": op, "args": args}]
     return sign(key, pack(fields))
 
