@@ -264,10 +264,26 @@ class Client:
             b.login(user, PASSWORD), ok=lambda r: r.status_code == 302 and r.headers.get("Location") == "/budget",
             fail=lambda r: r.status_code in (200, 400, 429)))
         if op.outcome == "ok":
-            jar = self.http.cookies.copy()
+            jar, csrf = self.follow_login(b)
             op.args += f" token={token_of(jar)}"
             with self.model.lock:
-                self.model.sessions.append(Session(sid, user, node.name, jar, b.csrf_token, token_of(jar)))
+                self.model.sessions.append(Session(sid, user, node.name, jar, csrf, token_of(jar)))
+
+    def follow_login(self, b: Browser) -> tuple[RequestsCookieJar, str | None]:
+        """Follow the login's redirect, as a browser does: the session's cookie and its forms' csrf_token.
+
+        A login renews the session's CSRF secret (the login page's token no
+        longer fits), and the page after it may write the new secret into the
+        cookie.  If that page is not served, the login's own cookie is kept.
+        """
+        jar = self.http.cookies.copy()
+        b.csrf_token = None
+        try:
+            if b.get("/budget").status_code == 200:
+                return self.http.cookies.copy(), b.csrf_token
+        except requests.RequestException:
+            pass
+        return jar, None
 
     def logout(self, session: Session) -> None:
         node = self.rng.choice(self.nodes)
