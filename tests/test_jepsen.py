@@ -52,6 +52,7 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterator
 
 import pytest
@@ -145,6 +146,14 @@ def outcome(resp: requests.Response, ok: Callable[[requests.Response], bool],
     return "fail", detail
 
 
+def redirects(status: int, location: str) -> Callable[[requests.Response], bool]:
+    return lambda r: r.status_code == status and r.headers.get("Location") == location
+
+
+def status_in(*codes: int) -> Callable[[requests.Response], bool]:
+    return lambda r: r.status_code in codes
+
+
 def token_of(jar: RequestsCookieJar) -> str:
     """The daemon token in a session cookie (which is signed, not encrypted), shortened, for the history."""
     raw = jar.get(COOKIE) or ""
@@ -235,14 +244,15 @@ class Client:
             op.outcome, op.detail = act()
         except (requests.RequestException, DaemonUnavailable) as exc:
             op.outcome, op.detail = "unknown", type(exc).__name__
+        except DaemonError as exc:  # the daemon answered: it refused
+            op.outcome, op.detail = "fail", exc.code
         return op
 
     def signup(self, user: str) -> None:
         node = self.rng.choice(self.nodes)
         b = self.browser(node, None)
         op = self._do("signup", node, (user,), f"user={user}", lambda: outcome(
-            b.signup(user, PASSWORD), ok=lambda r: r.status_code == 302 and r.headers.get("Location") == "/",
-            fail=lambda r: r.status_code in (200, 400)))
+            b.signup(user, PASSWORD), ok=redirects(302, "/"), fail=status_in(200, 400)))
         if op.outcome == "ok":
             with self.model.lock:
                 self.model.signed_up.add(user)
@@ -255,14 +265,13 @@ class Client:
         try:
             if node.call("user", username=user) is None:
                 return
-        except DaemonUnavailable:
+        except (DaemonUnavailable, DaemonError):
             return
         self.counter += 1
         sid = f"{self.name}s{self.counter}"
         b = self.browser(node, None)
         op = self._do("login", node, (user, sid), f"user={user} session={sid}", lambda: outcome(
-            b.login(user, PASSWORD), ok=lambda r: r.status_code == 302 and r.headers.get("Location") == "/budget",
-            fail=lambda r: r.status_code in (200, 400, 429)))
+            b.login(user, PASSWORD), ok=redirects(302, "/budget"), fail=status_in(200, 400, 429)))
         if op.outcome == "ok":
             jar, csrf = self.follow_login(b)
             op.args += f" token={token_of(jar)}"
@@ -290,8 +299,7 @@ class Client:
         b = self.browser(node, session.jar, session.csrf)
         op = self._do("logout", node, (session.user, session.id),
                       f"user={session.user} session={session.id} token={session.token}", lambda: outcome(
-                          b.post_form("/logout"), ok=lambda r: r.status_code == 302 and r.headers.get("Location") == "/",
-                          fail=lambda r: r.status_code in (400,)))
+                          b.post_form("/logout"), ok=redirects(302, "/"), fail=status_in(400)))
         if op.outcome == "ok":
             session.logged_out = self.http.cookies.copy()
             session.state = "logged_out"
@@ -307,8 +315,7 @@ class Client:
         op = self._do("add", node, (session.user, session.id, label),
                       f"user={session.user} session={session.id} entry={label}", lambda: outcome(
                           b.post_form("/budget", {"label": label, "amount": amount}),
-                          ok=lambda r: r.status_code == 303 and r.headers.get("Location") == "/budget",
-                          fail=lambda r: r.status_code in (200, 302, 400)))
+                          ok=redirects(303, "/budget"), fail=status_in(200, 302, 400)))
         if op.outcome != "fail":
             with self.model.lock:
                 self.model.entries[label] = (session.user, "added" if op.outcome == "ok" else "unknown")
@@ -344,7 +351,7 @@ class Client:
         b = self.browser(node, None)
         self._do("badlogin", node, (victim,), f"user={victim}", lambda: outcome(
             b.login(victim, WRONG_PASSWORD), ok=lambda r: r.status_code == 200 and WRONG_LOGIN in r.text,
-            fail=lambda r: r.status_code in (400, 429)))
+            fail=status_in(400, 429)))
 
 
 # ---- the nemesis -------------------------------------------------------------------
@@ -479,18 +486,17 @@ def claims(cluster: LocalCluster, model: Model, history: History, victims: list[
         for node in nodes:
             if s.state == "live":
                 found.append(Claim(f"live session {s.id} of {s.user} on {node.name}", (s.id,),
-                                   lambda n=node, s=s: serves(n, s.jar, s.user)))
-            elif s.state == "logged_out":
+                                   partial(serves, node, s.jar, s.user)))
+            elif s.state == "logged_out" and s.logged_out is not None:
                 found.append(Claim(f"logout of {s.id} of {s.user} holds on {node.name}, for a copy taken before",
-                                   (s.id,), lambda n=node, s=s: refuses(n, s.jar)))
-                assert s.logged_out is not None
+                                   (s.id,), partial(refuses, node, s.jar)))
                 found.append(Claim(f"logout of {s.id} of {s.user} holds on {node.name}", (s.id,),
-                                   lambda n=node, s=s: refuses(n, s.logged_out)))  # type: ignore[arg-type]
+                                   partial(refuses, node, s.logged_out)))
     failures = Counter(op.subjects[0] for op in history.ops("badlogin", "ok"))
     for victim in victims:
         if failures[victim] >= THROTTLE_USER:
             found += [Claim(f"{victim} ({failures[victim]} acknowledged failures) is throttled on {node.name}",
-                            (victim,), lambda n=node, v=victim: throttled(n, v)) for node in nodes]
+                            (victim,), partial(throttled, node, victim)) for node in nodes]
     found.append(Claim("every daemon has the same digest", ("nemesis",), lambda: digests_agree(cluster)))
     return found
 
@@ -573,8 +579,9 @@ def jepsen(cluster: LocalCluster, run: Run, seed: int) -> None:
                for i in range(WORKERS)]
     nemesis = Nemesis(cluster, random.Random(rng.random()), history, skewed, run.steps)
     stop = threading.Event()
-    threads = [threading.Thread(target=c.run, args=(stop,), name=c.name) for c in clients]
-    threads.append(threading.Thread(target=nemesis.run, args=(stop,), name="nemesis"))
+    errors: list[str] = []
+    threads = [threading.Thread(target=guarded, args=(c.name, c.run, stop, errors), name=c.name) for c in clients]
+    threads.append(threading.Thread(target=guarded, args=("nemesis", nemesis.run, stop, errors), name="nemesis"))
     for t in threads:
         t.start()
     try:
@@ -583,12 +590,23 @@ def jepsen(cluster: LocalCluster, run: Run, seed: int) -> None:
         stop.set()
         for t in threads:
             t.join(HTTP_TIMEOUT_S * 3)
+    stuck = [t.name for t in threads if t.is_alive()]
+    assert not errors and not stuck, f"seed {seed}: the workload broke: {errors}, still running: {stuck}"
     history.invoke("nemesis", "heal", "*", ("nemesis",), "final").outcome = "ok"
     cluster.heal()
     eventually(lambda: all(len(v) == 2 for v in cluster.views().values()), timeout=10)
     assert_workload_did_something(history, seed)
     failed = settle(claims(cluster, model, history, victims))
     assert not failed, report(run, seed, failed, history, cluster)
+
+
+def guarded(name: str, run: Callable[[threading.Event], None], stop: threading.Event, errors: list[str]) -> None:
+    """A thread's crash ends the workload and is reported, rather than silently thinning it."""
+    try:
+        run(stop)
+    except Exception as exc:
+        errors.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
+        stop.set()
 
 
 def assert_workload_did_something(history: History, seed: int) -> None:
