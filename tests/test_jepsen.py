@@ -597,7 +597,8 @@ def jepsen(cluster: LocalCluster, run: Run, seed: int) -> None:
     eventually(lambda: all(len(v) == 2 for v in cluster.views().values()), timeout=10)
     assert_workload_did_something(history, seed)
     failed = settle(claims(cluster, model, history, victims))
-    assert not failed, report(run, seed, failed, history, cluster)
+    if failed:
+        pytest.fail(report(run, seed, failed, history, cluster), pytrace=False)
 
 
 def guarded(name: str, run: Callable[[threading.Event], None], stop: threading.Event, errors: list[str]) -> None:
