@@ -259,6 +259,7 @@ class Node:
         self._clock_offset_s = 0.0
         self._faked = False  # runs under libfaketime: from the first non-zero offset or set_clock on
         self._clock_written_at = time.monotonic()
+        self.extra_env: dict[str, str] = {}  # this node's own settings (fixed ports, say), from its next start on
         if clock_offset_s != 0:
             self._write_clock(clock_offset_s)
         env = self._env()
@@ -309,7 +310,7 @@ class Node:
 
     def _env(self) -> dict[str, str]:
         """The processes' environment: the cluster's, with libfaketime only for a node that was ever skewed."""
-        env = dict(self.cluster.env, LOGONMESH_NODE=self.name)
+        env = dict(self.cluster.env, LOGONMESH_NODE=self.name, **self.extra_env)
         if self._faked:
             preload = env.get("LD_PRELOAD", "")
             env.update(LD_PRELOAD=f"{libfaketime()} {preload}".strip(), FAKETIME_TIMESTAMP_FILE=self.clock_file,

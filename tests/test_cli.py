@@ -110,7 +110,7 @@ def test_peers_lists_both_nodes_as_up(cluster):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("as seen by node n1 (first daemon in run)")
-    assert lines[1].split()[:6] == ["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST"]
+    assert lines[1].split() == ["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST", "OFFSET", "BUS", "PEER"]
     assert lines[2].split()[:2] == ["n1", "self"] and lines[3].split()[:2] == ["n2", "up"]
     assert "same" in lines[3]
     assert all(len(line) <= 80 for line in lines)
@@ -121,6 +121,68 @@ def test_peers_lists_both_nodes_as_up(cluster):
     assert states == {"n1": "up", "n2": "self"}
     n1 = next(p for p in data["peers"] if p["name"] == "n1")
     assert n1["bus"].startswith("tcp://") and n1["last_seq"] > 0 and n1["heartbeat_age_s"] < 5
+    assert n1["clock_skewed"] is False and data["max_clock_offset_ms"] == 500
+
+
+def test_peers_shows_the_measured_offset_of_a_node_on_the_same_clock(cluster):
+    """One host, one clock: the estimate is within milliseconds of zero, and no node is flagged."""
+    def offset_of_n2() -> dict:
+        data = json.loads(run(cluster, "peers", "--json", "--node", "n1").stdout)
+        n2 = next(p for p in data["peers"] if p["name"] == "n2")
+        assert n2["clock_offset_ms"] is not None, n2
+        return n2
+    n2 = eventually(offset_of_n2, timeout=10)
+    assert abs(n2["clock_offset_ms"]) < 50 and n2["clock_rtt_ms"] >= 0 and n2["clock_skewed"] is False
+    text = run(cluster, "peers", "--node", "n1").stdout
+    cell = next(line.split() for line in text.splitlines() if line.startswith("n2 "))[6]
+    assert cell.endswith("ms") and cell[0] in "+-" and "!" not in text, text
+
+
+# ---- peers: the clock offset column, from a report fed to the printer ----------------------
+
+def _seen(name: str, offset_ms: float | None, skewed: bool | None = None, up: bool = True) -> dict:
+    peer = {"name": name, "up": up, "last_seq": 7, "digest_match": True, "heard_ms_ago": 120.0,
+            "reason": "" if up else "partitioned", "bus": f"tcp://127.0.0.1:4{len(name)}001",
+            "peer": f"tcp://127.0.0.1:4{len(name)}002", "clock_offset_ms": offset_ms, "clock_rtt_ms": 0.2}
+    if skewed is not None:
+        peer["clock_skewed"] = skewed
+    return peer
+
+
+@pytest.mark.parametrize(("ms", "text"), [
+    (0.31, "+0.3ms"), (-0.01, "+0.0ms"), (-12.2, "-12ms"), (999.7, "+1.0s"), (1500, "+1.5s"),
+    (300_000, "+300.0s"), (-300_012.5, "-300.0s"), (7.2e6, "+2.0h"), (None, "?"),
+])
+def test_offset_text_is_short_and_signed(ms, text):
+    from logonmesh.commands.views import offset_text
+    assert offset_text(ms) == text
+    assert offset_text(ms, skewed=True) == (text if ms is None else text + "!")
+
+
+def test_peers_shows_each_offset_and_flags_the_skewed_ones(capsys):
+    from logonmesh.commands.views import merge_peers, print_peers
+    seen = [_seen("n1", None), _seen("n2", 0.4, False), _seen("n3", 300_004.0, True),
+            _seen("n4", -300_000.0, True, up=False), _seen("n5", None)]
+    merged = merge_peers("n1", [], seen, 500)
+    print_peers("n1", "test", "ab" * 16, merged, 500)
+    lines = capsys.readouterr().out.splitlines()
+    cells = {line.split()[0]: line.split() for line in lines[2:7]}
+    assert [cells[n][6] for n in ("n1", "n2", "n3", "n4", "n5")] == ["-", "+0.4ms", "+300.0s!", "-300.0s!", "?"]
+    assert cells["n2"][8] == ":42002"  # the peer endpoint on the bus's host: its port only
+    notes = [line for line in lines if line.startswith("! ")]
+    assert notes == ["! n3's clock is 300.0s ahead of n1's, beyond the 500ms maximum",
+                     "! n4's clock is 300.0s behind n1's, beyond the 500ms maximum"]
+    assert all(len(line) <= 80 for line in lines)
+    n3 = next(p for p in merged if p["name"] == "n3")
+    assert (n3["clock_offset_ms"], n3["clock_rtt_ms"], n3["clock_skewed"]) == (300_004.0, 0.2, True)
+    assert next(p for p in merged if p["name"] == "n1")["clock_offset_ms"] is None  # itself: not measured
+
+
+def test_peers_judges_the_offset_itself_when_the_daemon_gives_no_verdict():
+    from logonmesh.commands.views import merge_peers
+    merged = merge_peers("n1", [], [_seen("n1", None), _seen("n2", 600.0), _seen("n3", -499.0)], 500)
+    assert {p["name"]: p["clock_skewed"] for p in merged} == {"n1": False, "n2": True, "n3": False}
+    assert all(not p["clock_skewed"] for p in merge_peers("n1", [], [_seen("n2", 1e6)], None))
 
 
 def test_status_shows_one_daemons_view(cluster):

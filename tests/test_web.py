@@ -400,6 +400,8 @@ def test_cluster_page_shows_the_peers_for_a_logged_in_user(nodes: tuple[Node, No
     row = re.search(r'<tr class="state-(\w+)">\s*<th scope="row">node2</th>', page.text)
     assert row and row.group(1) == "up", page.text[:3000]
     assert '<th scope="row">node1</th>' in page.text and "0 down" in page.text
+    offsets = re.findall(r'<th scope="row">(\w+)</th>.*?<td class="num offset">(.*?)</td>', page.text, re.S)
+    assert [name for name, _ in offsets] == ["node1", "node2"] and offsets[0][1] == "—", page.text[:3000]
     bars = re.findall(r'<rect class="bar (\w+)"', page.text)
     assert bars and set(bars) <= {"ok", "late", "over", "open"}
     peers = n1.call("peers")

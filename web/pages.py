@@ -103,6 +103,8 @@ def cluster() -> Response:
     charts = [present.beat_chart(p, heartbeat_ms, down_after_ms) for p in peers]
     page = render_template("cluster.html", username=username, node=node_name(), form=LogoutForm(),
                            rows=rows, charts=charts, digest=view["digest"][:12],
+                           clock_notes=present.clock_notes(me, view),
+                           max_offset=present.ago(view.get("max_clock_offset_ms", 500)),
                            down=sum(not r["up"] for r in rows), heartbeat=present.ago(heartbeat_ms),
                            down_after=present.ago(down_after_ms))
     return _page(page)

@@ -1,4 +1,4 @@
-"""How the pages show numbers: money, ages, the cluster's peers table and its heartbeat chart.
+"""How the pages show numbers: money, ages, clock offsets, the cluster's peers table and its heartbeat chart.
 
 Everything here turns daemon answers into plain values for the templates, so
 the templates stay free of arithmetic and the charts are drawn server-side as
@@ -46,10 +46,52 @@ def budget_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---- the cluster page ----------------------------------------------------------------
 
+def offset(ms: float | None, skewed: bool = False) -> str:
+    """A peer's clock minus this node's, signed: '+0.3 ms', '−12 ms', '+300.0 s'; '?' until measured; '!' when
+    beyond the maximum (as `logonmesh peers` writes it, with the pages' spaced units)."""
+    if ms is None:
+        return "?"
+    size = _magnitude(ms)
+    return (MINUS if ms < 0 and size != "0.0 ms" else "+") + size + (" !" if skewed else "")
+
+
+def _magnitude(ms: float) -> str:
+    size = abs(ms)
+    if size < 9.95:
+        return f"{size:.1f} ms"
+    if size < 999.5:
+        return f"{size:.0f} ms"
+    if size < 3_600_000:
+        return f"{size / 1000:.1f} s"
+    return f"{size / 3_600_000:.1f} h"
+
+
+def clock_notes(me: str, view: dict[str, Any]) -> list[str]:
+    """A sentence per peer whose clock is beyond the maximum offset: how far, which way, and the maximum."""
+    limit = view.get("max_clock_offset_ms")
+    notes = []
+    for p in sorted(view["peers"], key=lambda p: p["name"]):
+        ms = p.get("clock_offset_ms")
+        if ms is not None and _skewed(p, limit):
+            way = "behind" if ms < 0 else "ahead of"
+            beyond = f"the {_magnitude(limit)} maximum" if limit is not None else "--max-clock-offset-ms"
+            notes.append(f"{p['name']}'s clock is {_magnitude(ms)} {way} {me}'s, beyond {beyond}.")
+    return notes
+
+
+def _skewed(peer: dict[str, Any], limit: float | None) -> bool:
+    """The daemon's verdict; for a daemon that gives an offset without one, judged against its maximum."""
+    if peer.get("clock_skewed") is not None:
+        return bool(peer["clock_skewed"])
+    ms = peer.get("clock_offset_ms")
+    return ms is not None and limit is not None and abs(ms) > limit
+
+
 def peer_rows(me: str, view: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per node, this one included, as `logonmesh peers` shows them (without the registry's columns)."""
+    limit = view.get("max_clock_offset_ms")
     rows = [{"name": me, "state": "self", "up": True, "heard": "—", "last_seq": "—", "digest": "—",
-             "reason": "this node", "in_registry": True, "endpoint": ""}]
+             "offset": "—", "skewed": False, "reason": "this node", "in_registry": True, "endpoint": ""}]
     for p in sorted(view["peers"], key=lambda p: p["name"]):
         if p["up"]:
             state, reason = "up", ""
@@ -60,9 +102,11 @@ def peer_rows(me: str, view: dict[str, Any]) -> list[dict[str, Any]]:
         if not p["in_registry"]:
             reason = f"{reason} (no longer in the table)".strip()
         digest = "—" if p["digest_match"] is None or not p["up"] else ("same" if p["digest_match"] else "differs")
+        skewed = _skewed(p, limit)
         rows.append({"name": p["name"], "state": state, "up": p["up"],
                      "heard": ago(p["heard_ms_ago"]) if p["heard_ms_ago"] is not None else "never",
-                     "last_seq": p["last_seq"] if p["last_seq"] else "—", "digest": digest, "reason": reason,
+                     "last_seq": p["last_seq"] if p["last_seq"] else "—", "digest": digest,
+                     "offset": offset(p.get("clock_offset_ms"), skewed), "skewed": skewed, "reason": reason,
                      "in_registry": p["in_registry"], "endpoint": p["bus"].split("://", 1)[-1]})
     return rows
 

@@ -31,18 +31,21 @@ def peers(**values: Any) -> None:
     """Every node in the clusters table, and how a daemon sees it.
 
     Exit 1 when a known node is down: one with a row in the table, or one the
-    daemon remembers as a lost peer.
+    daemon remembers as a lost peer.  A peer whose clock is off by more than
+    the maximum is flagged, but is not "down": the exit code stays 0 for it.
     """
     settings, args = split_settings(values)
     name, how = pick_node(settings, args["node"])
     rows = registry_rows(settings)
     view = call(settings, name, "peers")
-    merged = merge_peers(name, rows, view["peers"])
+    max_offset_ms = view.get("max_clock_offset_ms")
+    merged = merge_peers(name, rows, view["peers"], max_offset_ms)
     healthy = all(p["up"] for p in merged)
     if args["as_json"]:
-        emit_json({"node": name, "digest": view["digest"], "healthy": healthy, "peers": merged})
+        emit_json({"node": name, "digest": view["digest"], "healthy": healthy,
+                   "max_clock_offset_ms": max_offset_ms, "peers": merged})
     else:
-        print_peers(name, how, view["digest"], merged)
+        print_peers(name, how, view["digest"], merged, max_offset_ms)
     raise SystemExit(0 if healthy else 1)
 
 
@@ -54,7 +57,7 @@ def _endpoints(row: Any, peer: dict | None) -> tuple[str, str]:
     return peer["bus"], peer["peer"]
 
 
-def merge_peers(me: str, rows: list, seen: list[dict]) -> list[dict]:
+def merge_peers(me: str, rows: list, seen: list[dict], max_offset_ms: float | None = None) -> list[dict]:
     """One record per known node: its row (if any) joined with the daemon's view (if any)."""
     by_row = {r.id: r for r in rows}
     by_view = {p["name"]: p for p in seen}
@@ -78,20 +81,71 @@ def merge_peers(me: str, rows: list, seen: list[dict]) -> list[dict]:
             record.update(up=peer["up"], state="up" if peer["up"] else "down", last_seq=peer["last_seq"],
                           digest_match=peer["digest_match"], heard_ms_ago=peer["heard_ms_ago"],
                           reason=peer["reason"] if not peer["up"] else "")
+        record.update(clock_fields(None if name == me else peer, max_offset_ms))
         merged.append(record)
     return merged
 
 
-def print_peers(name: str, how: str, digest: str, merged: list[dict]) -> None:
+def clock_fields(peer: dict | None, max_offset_ms: float | None) -> dict[str, Any]:
+    """The daemon's estimate of a peer's clock (its clock minus this node's); None where not measured.
+
+    ``clock_skewed`` is the daemon's verdict; a daemon that reports an offset
+    without one is judged here against its maximum.
+    """
+    offset = peer.get("clock_offset_ms") if peer else None
+    skewed = peer.get("clock_skewed") if peer else None
+    if skewed is None:
+        skewed = offset is not None and max_offset_ms is not None and abs(offset) > max_offset_ms
+    return {"clock_offset_ms": offset, "clock_rtt_ms": peer.get("clock_rtt_ms") if peer else None,
+            "clock_skewed": bool(skewed)}
+
+
+def offset_text(ms: float | None, skewed: bool = False) -> str:
+    """A clock offset, signed and short: +0.3ms, -12ms, +1.5s, +300.0s; ? when not measured; ! when skewed."""
+    if ms is None:
+        return "?"
+    size = _magnitude(ms)
+    return ("-" if ms < 0 and size != "0.0ms" else "+") + size + ("!" if skewed else "")
+
+
+def _magnitude(ms: float) -> str:
+    size = abs(ms)
+    if size < 9.95:
+        return f"{size:.1f}ms"
+    if size < 999.5:
+        return f"{size:.0f}ms"
+    if size < 3_600_000:
+        return f"{size / 1000:.1f}s"
+    return f"{size / 3_600_000:.1f}h"
+
+
+def skew_note(me: str, peer: str, offset_ms: float, max_offset_ms: float | None) -> str:
+    """One line for a peer beyond the maximum clock offset: how far, which way, and the maximum."""
+    way = "behind" if offset_ms < 0 else "ahead of"
+    limit = f"the {max_offset_ms:.0f}ms maximum" if max_offset_ms is not None else "--max-clock-offset-ms"
+    return f"{peer}'s clock is {_magnitude(offset_ms)} {way} {me}'s, beyond {limit}"
+
+
+def print_peers(name: str, how: str, digest: str, merged: list[dict], max_offset_ms: float | None = None) -> None:
+    """The table, a line per node that is down or whose clock is too far off, then the totals.
+
+    A PEER endpoint on the BUS's host shows only its port, so that the OFFSET
+    column still fits in 80 columns.
+    """
     out(f"as seen by node {name} ({how})")
     rows = [[p["name"], p["state"], ago(p["heard_ms_ago"] / 1000) if p["heard_ms_ago"] is not None else None,
-             ago(p["heartbeat_age_s"]), p["last_seq"], _digest_cell(p), _hostport(p["bus"]), _hostport(p["peer"])]
+             ago(p["heartbeat_age_s"]), p["last_seq"], _digest_cell(p),
+             None if p["self"] else offset_text(p["clock_offset_ms"], p["clock_skewed"]),
+             _hostport(p["bus"]), _peer_cell(p["bus"], p["peer"])]
             for p in merged]
-    out(table(["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST", "BUS", "PEER"], rows))
+    out(table(["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST", "OFFSET", "BUS", "PEER"], rows))
     for p in merged:
         if not p["up"]:
             out(clip(f"{p['name']} is down: {p['reason'] or 'no reason given'}"
                      f"{'' if p['in_registry'] else ' (no longer in the table)'}", WIDTH))
+    for p in merged:
+        if p["clock_skewed"] and p["clock_offset_ms"] is not None:
+            out(clip(f"! {skew_note(name, p['name'], p['clock_offset_ms'], max_offset_ms)}", WIDTH))
     down = sum(not p["up"] for p in merged)
     out(f"{len(merged)} nodes, {down} down; digest {digest[:12]}")
 
@@ -104,6 +158,14 @@ def _digest_cell(p: dict) -> str | None:
 
 def _hostport(endpoint: str | None) -> str | None:
     return endpoint.split("://", 1)[-1] if endpoint else None
+
+
+def _peer_cell(bus: str | None, peer: str | None) -> str | None:
+    """The peer endpoint, as ':port' when it is on the bus endpoint's host."""
+    bus_at, peer_at = _hostport(bus), _hostport(peer)
+    if bus_at and peer_at and bus_at.rpartition(":")[0] == peer_at.rpartition(":")[0]:
+        return ":" + peer_at.rpartition(":")[2]
+    return peer_at
 
 
 # ---- status -------------------------------------------------------------------------

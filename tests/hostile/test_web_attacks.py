@@ -301,7 +301,7 @@ def malformed_cookies(cluster: LocalCluster, valid: str) -> dict[str, str]:
         "bad signature": flipped, "signed by another key": other.dumps({"token": "x" * 43}),
         "huge": "A" * 4000, "compressed garbage": ".eJwrSS0u0c1OzSnJLM5QSM5ILMpMzdNLzs8rSc0rsQQArVIL-g.x.y",
         "token not a string": forged.dumps({"token": ["a", "list"]}),
-        "stamps not numbers": forged.dumps({"token": "x" * 43, "seen": "yesterday", "login_at": None}),
+        "stamps not numbers": forged.dumps({"token": "x" * 43, "seen_left_ms": "soon", "login_left_ms": None}),
         "no stamps": forged.dumps({"token": "x" * 43}),
         "foreign return path": forged.dumps({"next": "//evil.example"}),
     }
@@ -334,11 +334,13 @@ def logged_in(node: Node) -> tuple[Browser, str, str]:
 
 def test_an_idle_session_is_logged_out_and_its_token_revoked(local_cluster: LocalCluster,
                                                              nodes: tuple[Node, Node]) -> None:
-    """The last-seen stamp is moved back as if the browser had been away (no test waits IDLE_S)."""
+    """The last-seen stamp is moved back as if the browser had been away (no test waits IDLE_S): it says more
+    of the session's lifetime was left when it was last seen."""
     n1, n2 = nodes
     b, _, token = logged_in(n1)
     state = read_session(local_cluster, b)
-    set_cookie(b, serializer(local_cluster).dumps(dict(state, seen=state["seen"] - IDLE_S - 2)))
+    away = dict(state, seen_left_ms=state["seen_left_ms"] + (IDLE_S + 2) * 1000)
+    set_cookie(b, serializer(local_cluster).dumps(away))
     resp = b.at(n2.url).get("/budget")
     assert (resp.status_code, resp.headers["Location"]) == (302, "/")
     for node in (n1, n2):
@@ -351,7 +353,8 @@ def test_a_session_past_its_absolute_lifetime_is_logged_out(local_cluster: Local
     n1, n2 = nodes
     b, _, token = logged_in(n2)
     state = read_session(local_cluster, b)
-    set_cookie(b, serializer(local_cluster).dumps(dict(state, login_at=state["login_at"] - TTL_S - 2)))
+    old = dict(state, login_left_ms=state["login_left_ms"] + (TTL_S + 2) * 1000)
+    set_cookie(b, serializer(local_cluster).dumps(old))
     resp = b.at(n1.url).get("/budget")
     assert (resp.status_code, resp.headers["Location"]) == (302, "/")
     eventually(lambda: n2.call("session_resolve", token=token) is None)
@@ -362,10 +365,10 @@ def test_activity_keeps_a_session_alive(local_cluster: LocalCluster, nodes: tupl
     n1, n2 = nodes
     b, _, _ = logged_in(n1)
     state = read_session(local_cluster, b)
-    old_stamp = state["seen"] - IDLE_S + 30
-    set_cookie(b, serializer(local_cluster).dumps(dict(state, seen=old_stamp)))
+    old_stamp = state["seen_left_ms"] + (IDLE_S - 30) * 1000
+    set_cookie(b, serializer(local_cluster).dumps(dict(state, seen_left_ms=old_stamp)))
     assert b.at(n2.url).get("/budget").status_code == 200
-    assert read_session(local_cluster, b)["seen"] >= state["seen"] > old_stamp
+    assert read_session(local_cluster, b)["seen_left_ms"] <= state["seen_left_ms"] < old_stamp
 
 
 # ---- headers and harmless usernames -------------------------------------------------------
