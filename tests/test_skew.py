@@ -45,8 +45,10 @@ def nodes(cluster: LocalCluster) -> tuple[Node, Node, Node]:
 
 
 def signed_up(node: Node) -> str:
+    """A new user; a 503 (the daemon busy past the web's 1 s timeout on a loaded machine) is retried, as a person
+    told "try again in a moment" would."""
     name = fresh_user()
-    assert Browser(node.url).signup(name, PASSWORD).status_code == 302
+    eventually(lambda: _assert_status(Browser(node.url).signup(name, PASSWORD), 302), timeout=10)
     return name
 
 
