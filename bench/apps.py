@@ -31,7 +31,7 @@ from waitress.server import create_server
 from werkzeug.datastructures import CallbackDict
 from werkzeug.wrappers import Response
 
-from logonmesh.web.serve import THREADS
+from logonmesh.commands.serve import THREADS
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -1,11 +1,12 @@
-"""The replicated cache: users, sessions, login-failure counts and app records, merged by ``kinds.supersedes``.
+"""The replicated cache: users, sessions, login-failure counts, app records and session data, merged by
+``kinds.supersedes``.
 
 An entry is ``(hlc, origin, value, expires_ms)`` under a kind and a key; the
-kinds (users, sessions, login-failure counts, app records) are defined once,
+kinds (users, sessions, login-failure counts, app records, web session data) are defined once,
 in ``daemon.kinds``.  A value of None is a tombstone.
 ``merge`` keeps, for each key, the entry with the highest version
-``(hlc, origin)`` (for sessions, a tombstone first: a revocation always
-wins), so applying any set of entries in any order, any number of times,
+``(hlc, origin)`` (for sessions and session data, a tombstone first: a
+revocation always wins), so applying any set of entries in any order, any number of times,
 gives the same cache: the merge is commutative, associative and idempotent,
 which is what lets PUB/SUB drop and repair re-send freely.
 
@@ -292,8 +293,11 @@ class Cache:
         return sum(len(keys.get(leaf, ())) for keys in self._leaf_keys.values())
 
     def counts(self) -> dict[str, int]:
+        """How many of each: live sessions and their tombstones, live records, live session data."""
         sessions = self.kinds["s"].values()
         tombstones = sum(1 for item in sessions if item[2] is None)
         records = sum(1 for item in self.kinds["r"].values() if item[2] is not None)
+        session_data = sum(1 for item in self.kinds["d"].values() if item[2] is not None)
         return {"users": len(self.kinds["u"]), "sessions": len(self.kinds["s"]) - tombstones,
-                "failure_counts": len(self.kinds["t"]), "tombstones": tombstones, "records": records}
+                "failure_counts": len(self.kinds["t"]), "tombstones": tombstones, "records": records,
+                "session_data": session_data}

@@ -9,6 +9,7 @@ reported as a single line naming the flag and the variable.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -73,6 +74,16 @@ def _db(raw: str) -> str:
     return normalise(raw)
 
 
+APP_SPEC_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _app_spec(raw: str) -> str:
+    """MODULE:FACTORY, checked for its shape now; whether it imports is the web command's to say."""
+    if not APP_SPEC_RE.fullmatch(raw):
+        raise ValueError(f"must be MODULE:FACTORY (say myapp:create_app), got {raw!r}")
+    return raw
+
+
 WILDCARDS = frozenset({"0.0.0.0", "*", "::", "[::]", ""})
 
 
@@ -135,6 +146,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", "LOGONMESH_HOST", "127.0.0.1", _text, "address the web process listens on", "web"),
     Option("port", "--port", "LOGONMESH_PORT", None, _port,
            "web port; default <NAME>_PORT, then PORT, then 4000", "web"),
+    Option("app", "--app", "LOGONMESH_APP", "logonmesh.web:create_app", _app_spec,
+           "the Flask app the web process serves: MODULE:FACTORY, the factory called with no arguments, "
+           "imported from the working directory first", "web"),
 )
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
@@ -174,6 +188,7 @@ class Settings:
     trace: bool = _default("trace")
     host: str = _default("host")
     port: int | None = _default("port")
+    app: str = _default("app")
 
     @property
     def ipc_path(self) -> str:

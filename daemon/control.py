@@ -6,7 +6,8 @@ decode, an unknown op or bad arguments get an error reply, never a crash.
 Every error reply carries a stable ``code`` (``wire.ERROR_CODES``) beside its
 message, so clients switch on the code and the message can be reworded.
 Handlers run on the event loop, so they only touch memory; the ops that write
-to the database (registration, records) hand their write to the worker thread.
+to the database (registration, records) hand their write to the worker thread
+(session data is not durable: its ops never touch the store).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from logonmesh.daemon import wire
 from logonmesh.daemon.cache import user_entry
 from logonmesh.daemon.kinds import (
     KINDS,
+    SESSION_DATA,
     TOMBSTONE_GRACE_MS,
     Entry,
     record_key,
     record_problem,
+    session_data_problem,
     split_record_key,
     stored_record,
 )
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Reply = Callable[..., None]
 STORE_DOWN = "the user store is unavailable"
+SESSION_DATA_TTL_MAX_S = 10 * 365 * 86400  # ten years: longer is a mistake, not a lifetime
 
 # op -> {arg: type}; every arg is required and no other is accepted.
 OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -51,6 +55,9 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "record_get": {"namespace": str, "key": str},
     "record_delete": {"namespace": str, "key": str},
     "record_items": {"namespace": str, "prefix": str},
+    "session_data_put": {"sid": str, "data": bytes, "ttl_s": int},
+    "session_data_get": {"sid": str},
+    "session_data_delete": {"sid": str},
     "status": {},
     "peers": {},
     "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
@@ -217,6 +224,60 @@ class Control:
         items = [_record_view(e) for e in self.r.records(namespace, prefix) if e.value is not None]
         reply({"namespace": namespace, "items": items})
 
+    # ---- session data: a web session's whole dict, opaque here, under its session id ----------
+    #
+    # Not durable, so these handlers only touch memory.  A destroyed session is a
+    # tombstone that beats every live copy (``kinds.supersedes``), like a logout.
+
+    def op_session_data_put(self, reply: Reply, sid: str, data: bytes, ttl_s: int) -> None:
+        """Replace the session's data (whole-session last-writer-wins), alive for ttl_s from now.
+
+        The write never shortens the lifetime of the version it replaces: a
+        purge must equal never having had the expired copy, or a repair could
+        bring the older one back (to end a session sooner, delete it).  A
+        session destroyed here stays destroyed: nothing is written, and the
+        reply says so (``destroyed``) with the tombstone's version and expiry.
+        """
+        d, r = self.d, self.r
+        problem = _sid_problem(sid)
+        if problem is None and not 1 <= ttl_s <= SESSION_DATA_TTL_MAX_S:
+            problem = f"ttl_s is 1 to {SESSION_DATA_TTL_MAX_S} seconds"
+        if problem:
+            return reply(error=problem, code="invalid")
+        too_large = session_data_problem(data)
+        if too_large:
+            return reply(error=too_large, code="too_large")
+        item = r.lookup("d", sid)
+        if item is not None and item[2] is None:
+            r.count("session_data_put_destroyed")
+            return reply({"sid": sid, "hlc": item[0], "origin": item[1], "expires": item[3], "destroyed": True})
+        expires = max(r.now() + ttl_s * 1000, item[3] if item is not None else 0)
+        entry = d.write("d", sid, {"data": data}, expires)
+        reply({"sid": sid, "hlc": entry.hlc, "origin": entry.origin, "expires": expires, "destroyed": False})
+
+    def op_session_data_get(self, reply: Reply, sid: str) -> None:
+        """The session's data and version, or None when it is unknown here, destroyed or expired."""
+        item = self.r.lookup("d", sid)
+        if item is None or item[2] is None or item[3] <= self.r.now():
+            return reply(None)
+        reply({"data": item[2]["data"], "expires": item[3], "hlc": item[0], "origin": item[1]})
+
+    def op_session_data_delete(self, reply: Reply, sid: str) -> None:
+        """Destroy the session's data everywhere: a tombstone that outlives every copy of it, by the grace.
+
+        As with a logout (``op_session_revoke``), a sid this node has not heard
+        of gets a full session lifetime from now.
+        """
+        d, r = self.d, self.r
+        problem = _sid_problem(sid)
+        if problem:
+            return reply(error=problem, code="invalid")
+        item = r.lookup("d", sid)
+        ends = item[3] if item else r.now() + d.settings.session_ttl_s * 1000
+        expires = ends + TOMBSTONE_GRACE_MS
+        d.write("d", sid, None, expires)
+        reply({"expires": expires})
+
     # ---- inspection and fault injection ---------------------------------
 
     def op_status(self, reply: Reply) -> None:
@@ -324,6 +385,11 @@ def check_args(op: str, args: dict) -> str | None:
 def _subjects(subjects: list) -> list[str]:
     """Only short strings count as subjects; anything else in the list is ignored."""
     return [s for s in subjects[:16] if isinstance(s, str) and 0 < len(s) <= 200]
+
+
+def _sid_problem(sid: str) -> str | None:
+    """The wire's own rule for the key of a session-data entry, so peers never refuse what we write."""
+    return None if SESSION_DATA.key_ok(sid) else "a session id is 16 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"
 
 
 def _record_view(entry: Entry) -> dict:

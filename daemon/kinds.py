@@ -41,6 +41,11 @@ RECORD_VALUE_MAX = 4096         # bytes of the value, packed with msgpack (use_b
 KEY_MAX = 256                   # characters of an entry key of every other kind
 TOMBSTONE_GRACE_MS = 60_000     # an ending outlives the longest copy it defeats by this much (see SECURITY.md)
 
+# ---- session data: a web session's whole dict, packed by the web, under its session id ----------
+
+SESSION_DATA_MAX = 4096         # bytes of a session's packed data
+SID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")  # URL-safe base64: 32 random bytes are 43 characters
+
 
 class SortedKeys:
     """A set of keys that answers "which start with this prefix, in order" without sorting each time.
@@ -181,6 +186,27 @@ def _record_owner(key: str, value: Any) -> str | None:
     return own.split("/", 1)[0] if "/" in own else None
 
 
+def session_data_problem(data: bytes) -> str | None:
+    """Why a session's packed data is refused (its size), else None: one rule for the ipc op and the wire."""
+    if len(data) > SESSION_DATA_MAX:
+        return f"session data is at most {SESSION_DATA_MAX} bytes packed (this one is {len(data)})"
+    return None
+
+
+def _sid_ok(key: str) -> bool:
+    return SID_RE.fullmatch(key) is not None
+
+
+def _session_data_problem(entry: Entry) -> str | None:
+    return None if entry.value is None else session_data_problem(entry.value["data"])
+
+
+def _describe_session_data(entry: Entry) -> str:
+    """Never the data, never the whole sid: only its size."""
+    size = f"({len(entry.value['data'])} bytes)" if entry.value is not None else "(destroyed)"
+    return f"session data {entry.key[:8]}… {size}"
+
+
 def _tomb(entry: Entry, live: str, dead: str) -> str:
     return live if entry.value is not None else dead
 
@@ -206,8 +232,15 @@ RECORD = Kind(
     durable=True, mirrored=True, owner=_record_owner,
     describe=lambda e: f"record {e.key}" + _tomb(e, "", " (deleted)"),
     shown={"value": "v"}, key_ok=_record_key_ok, value_problem=_record_problem)
+SESSION_DATA = Kind(
+    # The web's session dict, opaque here (the daemon never unpacks it).  Its id is a bearer credential
+    # like a token, and a destroyed session must never come back: the same lattice as sessions.
+    "d", "session data", "session data", {"data": bytes},
+    durable=False, mirrored=True, owner=lambda key, value: None,
+    describe=_describe_session_data, secret=frozenset({"data"}), secret_key=True, ended_wins=True,
+    key_ok=_sid_ok, value_problem=_session_data_problem)
 
-KINDS: dict[str, Kind] = {k.code: k for k in (USER, SESSION, FAILURES, RECORD)}
+KINDS: dict[str, Kind] = {k.code: k for k in (USER, SESSION, FAILURES, RECORD, SESSION_DATA)}
 MIRRORED = tuple(code for code, kind in KINDS.items() if kind.mirrored)
 ENDED_WINS = frozenset(code for code, kind in KINDS.items() if kind.ended_wins)
 
@@ -216,7 +249,7 @@ def supersedes(kind: str, new: tuple[int, str, Any], old: tuple[int, str, Any] |
     """Whether ``new`` (hlc, origin, value) replaces ``old``: the one merge rule, for the cache and its tests.
 
     Versions decide (last writer wins), except for a kind whose ending must
-    hold (``ended_wins``: sessions), where the state is a lattice, live <
+    hold (``ended_wins``: sessions and session data), where the state is a lattice, live <
     ended: a revocation beats every live copy of the token whatever the
     timestamps, so no clock and no order of arrival can bring a session back.
     Between two tombstones, or two live copies, versions decide again, so

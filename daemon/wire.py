@@ -31,7 +31,7 @@ import msgpack
 from logonmesh.daemon.config import NAME_RE
 from logonmesh.daemon.kinds import KINDS, Entry
 
-VERSION = 3
+VERSION = 4
 MAC_SIZE = 32
 SHORT_HASH = 8  # bytes of an entry hash that a repair uses to name an entry
 MAX_SEQ = 2**64 - 1
@@ -45,7 +45,7 @@ ERROR_CODES = frozenset({
     "taken",              # register: the username exists
     "no_such_user",       # session_create: the user is unknown here
     "invalid",            # an argument has the right type but a value the op refuses
-    "too_large",          # a record value over its limit
+    "too_large",          # a record value or a session's data over its limit
     "store_unavailable",  # the durable store cannot be reached or refused the write
     "unknown_op",         # no such op
     "bad_args",           # wrong argument names or types

@@ -8,13 +8,16 @@ quick.  Errors are one line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from logonmesh.commands import CommandGroup
 from logonmesh.commands.options import fail, load_settings, setting_options, setup_logging
 from logonmesh.daemon import config
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 @click.group(cls=CommandGroup,  # the inspection subcommands, loaded on first use: logonmesh/commands/
@@ -51,15 +54,27 @@ def daemon(**values: Any) -> None:
 @main.command()
 @setting_options("shared", "web")
 def web(**values: Any) -> None:
-    """Run this node's web front end (Flask on waitress)."""
+    """Run this node's web process: the Flask app of --app (the demo by default) on waitress.
+
+    The app is imported from the working directory first and sees the
+    settings resolved here as LOGONMESH_* variables (logonmesh/commands/webapp.py).
+    """
     settings = load_settings(values, require_name=True)
     setup_logging(settings.require_name())
     try:
         port = settings.web_port()
     except config.ConfigError as exc:
         fail(str(exc))
-    from logonmesh.web.serve import serve
-    serve(settings, port)
+    from logonmesh.commands import webapp
+    from logonmesh.commands.serve import serve
+    webapp.prepare(settings, port)
+
+    def build() -> Flask:
+        try:
+            return webapp.load_app(settings.app)
+        except webapp.AppLoadError as exc:
+            fail(f"cannot load the app '{settings.app}': {exc}")
+    serve(settings, port, build)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from logonmesh.daemon import cache as cache_mod
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import Cache
 from logonmesh.daemon.kinds import (
-    KINDS, RECORD_KEY_MAX, RECORD_VALUE_MAX, Entry, packed_size, record_key, record_problem, split_record_key,
+    KINDS, RECORD_KEY_MAX, RECORD_VALUE_MAX, SESSION_DATA_MAX, Entry, packed_size, record_key, record_problem,
+    session_data_problem, split_record_key, supersedes,
 )
 
 COOKIE = b"a cluster cookie"
@@ -19,16 +20,20 @@ USER = Entry("u", "alice", 1 << 16, "0f" * 16,
 SESSION = Entry("s", "T" * 43, 2 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 1_900_000_000_000)
 FAILURES = Entry("t", "user:alice@n1", 3 << 16, "n1", {"n": 2}, 1_900_000_000_000)
 RECORD = Entry("r", "budget/alice/9a", 4 << 16, "n2", {"v": {"label": "rent", "cents": -5}}, 0)
-SAMPLES = {"u": USER, "s": SESSION, "t": FAILURES, "r": RECORD}
+SID = "S1d-" + "x" * 40  # 43 characters, as 32 random bytes in URL-safe base64
+SESSION_DATA = Entry("d", SID, 5 << 16, "n1", {"data": msgpack.packb({"cart": "do-not-print-me"})}, 1_900_000_000_000)
+SAMPLES = {"u": USER, "s": SESSION, "t": FAILURES, "r": RECORD, "d": SESSION_DATA}
 
 
 def test_the_registry_is_the_one_source_of_the_kinds():
-    assert set(KINDS) == {"u", "s", "t", "r"} == set(SAMPLES)
+    assert set(KINDS) == {"u", "s", "t", "r", "d"} == set(SAMPLES)
     assert wire.ENTRY_KINDS == tuple(KINDS) == cache_mod.KINDS
     assert {code: dict(k.schema) for code, k in KINDS.items()} == wire.VALUE_SCHEMA
     assert all(code == kind.code for code, kind in KINDS.items())
     assert {c for c, k in KINDS.items() if k.durable} == {"u", "r"}
-    assert {c for c, k in KINDS.items() if k.mirrored} == {"s", "r"} == set(cache_mod.FEED_KINDS)
+    assert {c for c, k in KINDS.items() if k.mirrored} == {"s", "r", "d"} == set(cache_mod.FEED_KINDS)
+    assert {c for c, k in KINDS.items() if k.ended_wins} == {"s", "d"}
+    assert {c for c, k in KINDS.items() if k.secret_key} == {"s", "d"}
 
 
 @pytest.mark.parametrize("code", sorted(SAMPLES))
@@ -37,7 +42,7 @@ def test_a_redacted_row_never_shows_a_secret(code):
     assert not kind.secret & set(kind.shown.values()), "a secret field is never a shown one"
     row = kind.redacted(entry)
     text = repr(row)
-    assert "do-not-print-me" not in text and "T" * 43 not in text
+    assert "do-not-print-me" not in text and "T" * 43 not in text and SID not in text
     assert row["kind"] == code and row["name"] == kind.name and row["hlc"] == entry.hlc
     assert row["tombstone"] is False and kind.redacted(entry._replace(value=None))["tombstone"] is True
     assert set(kind.shown) <= set(row)
@@ -47,16 +52,20 @@ def test_rows_and_descriptions_say_what_each_kind_is():
     assert KINDS["s"].redacted(SESSION)["key"] == "TTTTTTTT…"
     assert KINDS["t"].redacted(FAILURES)["failures"] == 2
     assert KINDS["r"].redacted(RECORD)["value"] == {"label": "rent", "cents": -5}
+    assert KINDS["d"].redacted(SESSION_DATA)["key"] == "S1d-xxxx…"
+    assert set(KINDS["d"].redacted(SESSION_DATA)) == {"kind", "name", "key", "hlc", "origin", "expires", "tombstone"}
     described = {code: KINDS[code].describe(entry) for code, entry in SAMPLES.items()}
+    size = len(SESSION_DATA.value["data"])
     assert described == {"u": "user alice", "s": "session TTTTTTTT… of alice", "t": "failures user:alice@n1 = 2",
-                         "r": "record budget/alice/9a"}
+                         "r": "record budget/alice/9a", "d": f"session data S1d-xxxx… ({size} bytes)"}
+    assert KINDS["d"].describe(SESSION_DATA._replace(value=None)) == "session data S1d-xxxx… (destroyed)"
     assert KINDS["r"].describe(RECORD._replace(value=None)) == "record budget/alice/9a (deleted)"
     assert KINDS["s"].describe(SESSION._replace(value=None)).endswith("revoked")
 
 
 def test_owners():
     owner = {code: KINDS[code].owner(e.key, e.value) for code, e in SAMPLES.items()}
-    assert owner == {"u": "alice", "s": "alice", "t": "user:alice", "r": "alice"}
+    assert owner == {"u": "alice", "s": "alice", "t": "user:alice", "r": "alice", "d": None}
     assert KINDS["r"].owner("prefs/theme", {"v": 1}) is None  # an app-wide record belongs to nobody
 
 
@@ -141,3 +150,62 @@ def test_sorted_keys_answer_prefixes_in_order_after_every_change() -> None:
     assert keys.starting_with("a/") == ["a/1", "a/5"]
     assert keys.starting_with("") == ["a/1", "a/5", "ax/1", "b/2"]
     assert keys.starting_with("c") == []
+
+
+# ---- session data: the web's whole session dict under its session id ---------------------------
+
+@pytest.mark.parametrize("sid", ["a" * 16, "Z" * 64, "aB3-_" * 4, "x" * 43])
+def test_a_session_id_is_16_to_64_urlsafe_base64_characters(sid):
+    assert KINDS["d"].key_ok(sid)
+    wire.check_entry(["d", sid, 1, "n1", {"data": b""}, 1])
+
+
+@pytest.mark.parametrize("sid", ["", "a" * 15, "a" * 65, "a" * 15 + "=", "a" * 15 + "/", "a" * 15 + " ", "ä" * 16,
+                                 "budget/alice/1234"])
+def test_a_session_id_outside_the_rule_is_refused_on_the_wire(sid):
+    assert not KINDS["d"].key_ok(sid)
+    with pytest.raises(wire.WireError):
+        wire.check_entry(["d", sid, 1, "n1", {"data": b""}, 1])
+
+
+def test_session_data_is_at_most_its_limit_and_only_bytes():
+    assert session_data_problem(b"x" * SESSION_DATA_MAX) is None
+    problem = session_data_problem(b"x" * (SESSION_DATA_MAX + 1))
+    assert problem == f"session data is at most {SESSION_DATA_MAX} bytes packed (this one is {SESSION_DATA_MAX + 1})"
+    wire.check_entry(["d", SID, 1, "n1", {"data": b"x" * SESSION_DATA_MAX}, 1])
+    for value in ({"data": b"x" * (SESSION_DATA_MAX + 1)}, {"data": "text, not bytes"}, {"data": b"", "more": 1}, {}):
+        with pytest.raises(wire.WireError):
+            wire.check_entry(["d", SID, 1, "n1", value, 1])
+    wire.check_entry(["d", SID, 1, "n1", None, 1])  # a tombstone has no data to measure
+
+
+def test_a_destroyed_session_beats_every_live_copy_whatever_the_versions():
+    live, dead = (9 << 16, "n1", {"data": b"\x80"}), (1, "n0", None)
+    assert supersedes("d", dead, live) and not supersedes("d", live, dead)
+    assert supersedes("d", (2, "n0", {"data": b""}), (1, "n0", {"data": b"\x80"}))  # live vs live: versions
+    assert not supersedes("d", (1, "n0", None), (2, "n0", None))                      # dead vs dead: versions
+    assert supersedes("r", (2, "n0", {"v": 1}), (1, "n0", None)), "records stay last-writer-wins"
+
+
+def test_session_data_crosses_the_wire_as_bytes_and_comes_back_equal():
+    packed = msgpack.packb({"cart": [1, 2], "blob": b"\x00\xff"}, use_bin_type=True)
+    entries = [Entry("d", SID, 7 << 16, "n2", {"data": packed}, 1_900_000_000_000),
+               Entry("d", SID, 8 << 16, "n1", None, 1_900_000_060_000)]
+    codec = wire.Codec(COOKIE, "n1")
+    for type_ in ("merge", "sessions", "push"):
+        got = codec.decode(codec.encode(type_, {"entries": entries})).payload["entries"]
+        assert got == entries and type(got[0].value["data"]) is bytes
+
+
+def test_session_data_in_the_cache_is_a_lattice_and_counted():
+    cache = Cache()
+    now = 1_800_000_000_000
+    live = Entry("d", SID, 9 << 16, "n1", {"data": b"new"}, now + 60_000)
+    dead = Entry("d", SID, 1 << 16, "n2", None, now + 1_000)
+    assert cache.merge([live], now=now) == [live] and cache.counts()["session_data"] == 1
+    assert cache.merge([dead], now=now) == [dead], "an older tombstone beats a newer live copy"
+    assert cache.get("d", SID) == (1 << 16, "n2", None, now + 60_000), "and takes the copy's later expiry"
+    assert cache.merge([live._replace(hlc=10 << 16)], now=now) == [], "no later write brings it back"
+    assert cache.counts()["session_data"] == 0 and cache.counts()["tombstones"] == 0  # session tombstones only
+    assert cache.feed_changes == [live, dead], "the web's mirror hears of both"
+    assert cache.purge(now=now + 60_000) == 1 and len(cache) == 0

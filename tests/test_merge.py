@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from logonmesh.daemon import wire
 from logonmesh.daemon.cache import Cache, created_text, user_entry
 from logonmesh.daemon.digest import LEAVES, bucket_of
-from logonmesh.daemon.kinds import Entry
+from logonmesh.daemon.kinds import ENDED_WINS, Entry
 from logonmesh.daemon.hlc import COUNTER_BITS, HLC, physical, wall_ms
 from logonmesh.daemon.membership import Peer
 from logonmesh.daemon.sync import Repairs
@@ -32,8 +32,9 @@ ORIGINS = ["n1", "n2", "n3"]
 def make_entry(kind: str, key: str, hlc: int, origin: str) -> Entry:
     """The one entry a version can name: value, tombstone and expiry are functions of it.
 
-    Kinds: "u" users and "r" app records (never expire), "s" sessions and "t" login-failure counts
-    (both expire).  A record's key gets one of two namespaces, so the namespace index is tested too."""
+    Kinds: "u" users and "r" app records (never expire), "s" sessions, "d" session data and "t"
+    login-failure counts (all three expire).  A record's key gets one of two namespaces, so the namespace
+    index is tested too; session data's key is padded to a session id's 16 characters."""
     if kind == "u":
         # a user's origin is its id and its version its creation time (see user_entry)
         value = None if hlc % 4 == 0 else {"id": origin, "username": key, "password_hash": f"h{hlc}",
@@ -44,19 +45,23 @@ def make_entry(kind: str, key: str, hlc: int, origin: str) -> Entry:
         return Entry("r", f"ns{len(key) % 2}/{key}", hlc, origin, value, 0)
     if kind == "t":
         value = None if hlc % 5 == 0 else {"n": hlc}
+    elif kind == "d":
+        key = key.ljust(16, "x")
+        value = None if hlc % 3 == 0 else {"data": f"{origin}x{hlc}".encode()}
     else:
         value = None if hlc % 3 == 0 else {"uid": f"{origin}x{hlc}", "user": key}
     # NOW-1000 .. NOW+3000, so some have already expired.  A later version never expires earlier than
-    # an older one of the same key, and a session's tombstone never before any live copy of its token
-    # (the daemon's revoke gives it the session's own expiry and a grace): that is what lets a purge
-    # forget a key for good.
+    # an older one of the same key (a session-data put never shortens the version it replaces), and a
+    # session's tombstone never before any live copy of its token (the daemon's revoke gives it the
+    # session's own expiry and a grace): that is what lets a purge forget a key for good.
     expires = NOW + (hlc // 3 - 1) * 1000
-    if kind == "s" and value is None:
+    if kind in ENDED and value is None:
         expires = NOW + 3000 + hlc // 3 * 1000
     return Entry(kind, key, hlc, origin, value, expires)
 
 
-VERSIONS = st.tuples(st.sampled_from("ustr"), st.sampled_from(KEYS), st.integers(1, 12), st.sampled_from(ORIGINS))
+ENDED = ("s", "d")  # the kinds whose tombstone beats every live copy (kinds.ENDED_WINS)
+VERSIONS = st.tuples(st.sampled_from("ustrd"), st.sampled_from(KEYS), st.integers(1, 12), st.sampled_from(ORIGINS))
 ENTRY = VERSIONS.map(lambda v: make_entry(*v))
 ENTRIES = st.lists(ENTRY, max_size=40)
 
@@ -87,13 +92,13 @@ def model(entries: list, now: int = NOW) -> dict:
         kind, key, hlc, origin, value, expires = e
         if expires and expires <= now:
             continue
-        rank = (kind == "s" and value is None, hlc, origin)
+        rank = (kind in ENDED and value is None, hlc, origin)
         latest[(kind, key)] = max(latest.get((kind, key), 0), expires)
         if (kind, key) not in best or rank > best[(kind, key)][0]:
             best[(kind, key)] = (rank, (hlc, origin, value, expires))
     won = {k: v for k, (_, v) in best.items()}
     for (kind, key), (hlc, origin, value, expires) in won.items():
-        if kind == "s" and value is None:
+        if kind in ENDED and value is None:
             won[(kind, key)] = (hlc, origin, value, latest[(kind, key)])
     return won
 
@@ -198,6 +203,21 @@ def test_a_tombstone_takes_the_later_expiry_of_the_copies_it_defeats():
     cache.merge([session(9, expires=NOW + 5000)], now=NOW)
     assert cache.get("s", "tok")[3] == NOW + 5000
     assert cache.purge(now=NOW + 1000) == 0 and cache.purge(now=NOW + 5000) == 1
+
+
+def test_the_model_knows_which_kinds_are_a_lattice():
+    assert set(ENDED) == ENDED_WINS
+
+
+def test_destroyed_session_data_stays_destroyed_whatever_the_versions_and_the_order():
+    sid = "s" * 43
+    live = Entry("d", sid, 7, "n1", {"data": b"cart"}, NOW + 5000)
+    newer, dead = live._replace(hlc=2**40, value={"data": b"later"}), Entry("d", sid, 6, "n2", None, NOW + 1000)
+    for order in ([live, dead, newer], [newer, dead, live], [dead, newer, live]):
+        cache = cache_of(order)
+        assert cache.get("d", sid) == (6, "n2", None, NOW + 5000), "the tombstone outlives what it defeated"
+    assert cache.purge(now=NOW + 4999) == 0 and cache.purge(now=NOW + 5000) == 1
+    assert cache.merge([live], now=NOW + 5000) == [], "expired: a late repair cannot bring it back"
 
 
 def test_records_and_failure_counts_stay_last_writer_wins():

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from logonmesh.testing import Browser, LocalCluster, Node, eventually
-from logonmesh.web.mirror import DELETED, HeldRecords
+from logonmesh.flask.mirror import DELETED, HeldRecords
 
 PASSWORD = "correct horse battery"
 

@@ -24,7 +24,7 @@ from logonmesh.daemon import wire
 from logonmesh.daemon.restart import Restarts
 from logonmesh.daemon.worker import Worker, WorkerGaveUp
 from logonmesh.testing import LocalCluster, eventually
-from logonmesh.web.mirror import SessionMirror
+from logonmesh.flask.mirror import SessionMirror
 
 QUICK = dict(limit=3, window_s=60.0, first_delay_s=0.01, max_delay_s=0.05)
 
@@ -236,7 +236,7 @@ def follow(feed: Any, snapshots: Snapshots) -> QuickMirror:
 
 
 def test_a_mirror_that_fails_logs_the_cause_restarts_and_is_trusted_again(feed, caplog) -> None:
-    caplog.set_level(logging.ERROR, logger="logonmesh.web.mirror")
+    caplog.set_level(logging.ERROR, logger="logonmesh.flask.mirror")
     snapshots = Snapshots(bad=2)
     mirror, tick = follow(feed, snapshots)
     try:

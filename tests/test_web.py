@@ -20,8 +20,8 @@ import requests
 
 from logonmesh.daemon.client import DaemonUnavailable
 from logonmesh.testing import Browser, LocalCluster, Node, eventually
-from logonmesh.web.link import DaemonLink
-from logonmesh.web.sessions import is_local_path
+from logonmesh.flask.link import DaemonLink
+from logonmesh.flask.login import is_local_path
 
 PASSWORD = "correct horse battery"
 DOWN_DEADLINE_S = 2.0

@@ -3,7 +3,7 @@
 Two web apps (Flask's test client) share one fake cluster of daemons: it keeps
 each session's expiry as a real instant and hands it to each node in that
 node's own clock frame, as the daemons and mirrors do.  The real time and each
-node's clock are driven by the test: ``web.sessions.now_ms`` (the web's one
+node's clock are driven by the test: ``logonmesh.flask.login.now_ms`` (the web's one
 clock seam) and itsdangerous's signing timestamp read the clock of the node
 whose request is being served.  A browser carries one cookie from node to node.
 The last section runs real nodes, one with its clock 300 s ahead under
@@ -28,21 +28,23 @@ from typing import Any, Iterator
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from itsdangerous import TimestampSigner
+import msgpack
+from itsdangerous import Signer, TimestampSigner
 from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
 from logonmesh import testing
-from logonmesh.daemon.config import Settings
 from logonmesh.pytest_plugin import attach_logs_on_failure
 from logonmesh.testing import LocalCluster, eventually
-from logonmesh.web import create_app, sessions
-from logonmesh.web.mirror import UNKNOWN
+from logonmesh.flask import login as sessions
+from logonmesh.flask.mirror import UNKNOWN
+from logonmesh.flask.session import SIGNER_SALT
+from logonmesh.web import create_app
 
 PASSWORD = "correct horse battery"
 PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")  # cheap: the hash is not tested here
 IDLE_S, TTL_S = 600, 3600
-REFRESH_S = 60      # web.sessions._refresh_every(IDLE_S): how stale the last-seen stamp may get
+REFRESH_S = 60      # login._refresh_every(IDLE_S): how stale the last-seen stamp may get
 SKEW_S = 300
 COOKIE = "logonmesh"
 CSRF_RE = re.compile(r'<input[^>]*\bname="csrf_token"[^>]*>')
@@ -78,6 +80,11 @@ class Mesh:
     mirror_current: bool = True
     serving: Node | None = None
     peers_report: dict[str, Any] = field(default_factory=dict)  # what every daemon's `peers` op answers
+    data: dict[str, tuple[bytes | None, float]] = field(default_factory=dict)  # sid -> (session data, real expiry)
+
+    def session_data(self, sid: str) -> bytes | None:
+        data, expires = self.data.get(sid, (None, 0.0))
+        return data if expires > self.real_ms else None
 
     def advance(self, seconds: float) -> None:
         self.real_ms += seconds * 1000
@@ -147,6 +154,20 @@ class FakeDaemon:
     def _answer(self, held: Held) -> dict[str, Any]:
         return {"user": held.user, "uid": held.uid, "expires": held.expires_real_ms + self.offset_ms}
 
+    def op_session_data_put(self, sid: str, data: bytes, ttl_s: int) -> dict[str, Any]:
+        old = self.mesh.data.get(sid)
+        if old is None or old[0] is not None:  # a destroyed session stays destroyed
+            self.mesh.data[sid] = (data, self.mesh.real_ms + ttl_s * 1000)
+        return {"sid": sid, "hlc": 1, "origin": "fake", "expires": self.mesh.real_ms + ttl_s * 1000 + self.offset_ms}
+
+    def op_session_data_get(self, sid: str) -> dict[str, Any] | None:
+        data = self.mesh.session_data(sid)
+        return None if data is None else {"data": data, "expires": 0, "hlc": 1, "origin": "fake"}
+
+    def op_session_data_delete(self, sid: str) -> dict[str, Any]:
+        self.mesh.data[sid] = (None, self.mesh.real_ms + TTL_S * 1000)
+        return {"expires": self.mesh.real_ms + TTL_S * 1000 + self.offset_ms}
+
 
 class FakeMirror:
     """One node's session mirror: current unless the test says not, answering from the cluster's sessions."""
@@ -166,6 +187,18 @@ class FakeMirror:
         return []
 
     def revoked(self, token: str, expires_ms: int) -> None:
+        pass
+
+    def session_data(self, sid: str) -> Any:
+        mesh = self.daemon.mesh
+        if not mesh.mirror_current or sid not in mesh.data:
+            return UNKNOWN
+        return mesh.session_data(sid)
+
+    def session_data_written(self, sid: str, reply: dict, data: bytes) -> None:
+        pass
+
+    def session_data_destroyed(self, sid: str, expires_ms: int) -> None:
         pass
 
     def start(self) -> None:
@@ -211,11 +244,12 @@ class Browser:
         return self.post(post_to or form_from, "/", {"username": username, "password": PASSWORD})
 
     def token(self, node: Node) -> str | None:
-        """The daemon token the cookie holds, read with the cluster's key (as a node would)."""
+        """The daemon token of the session the cookie names, read as a node would (the session is server-side)."""
         if not self.cookie:
             return None
-        serializer = node.app.session_interface.get_signing_serializer(node.app)  # type: ignore[attr-defined]
-        return serializer.loads(self.cookie).get(sessions.TOKEN)
+        sid = Signer(node.app.extensions["logonmesh"].cookie_key, salt=SIGNER_SALT).unsign(self.cookie).decode()
+        data = self.mesh.session_data(sid)
+        return None if data is None else msgpack.unpackb(data).get(sessions.TOKEN)
 
 
 @pytest.fixture
@@ -232,11 +266,11 @@ def make_node(mesh: Mesh, tmp_path: Any) -> Iterator[Any]:
     made: list[Node] = []
 
     def make(name: str, skew_s: float) -> Node:
-        settings = Settings(name=name, cookie="c" * 32, run_dir=str(tmp_path / name),
-                            session_idle_s=IDLE_S, session_ttl_s=TTL_S)
+        config = {"LOGONMESH_NODE": name, "LOGONMESH_COOKIE": "c" * 32, "LOGONMESH_RUN_DIR": str(tmp_path / name),
+                  "LOGONMESH_SESSION_IDLE": IDLE_S, "LOGONMESH_SESSION_TTL": TTL_S}
         daemon = FakeDaemon(mesh, skew_s * 1000)
-        app = create_app(settings, client=daemon)  # type: ignore[arg-type]
-        app.extensions["logonmesh.mirror"] = FakeMirror(daemon)
+        app = create_app(config, client=daemon)
+        app.extensions["logonmesh"].mirror = FakeMirror(daemon)
         node = Node(name, skew_s * 1000, app, app.test_client(use_cookies=False))
         made.append(node)
         return node
@@ -348,7 +382,7 @@ def test_the_absolute_lifetime_holds_across_skewed_nodes(mesh: Mesh, make_node: 
     """With an absolute lifetime shorter than the daemon's, the login's remaining lifetime is the anchor."""
     skewed, right = make_node("skewed", skew_s), make_node("right", 0)
     for node in (skewed, right):
-        node.app.config[sessions.LIFETIMES] = (IDLE_S, 1000)
+        node.app.extensions["logonmesh"].absolute_s = 1000
     b = Browser(mesh)
     b.login(skewed)
     token = b.token(skewed)
@@ -373,26 +407,32 @@ def test_the_daemons_expiry_ends_the_session_everywhere_at_once(mesh: Mesh, make
     assert not served(b.get(skewed, "/budget")) and not served(b.get(right, "/budget"))
 
 
-def test_a_cookie_with_the_old_unix_stamps_is_expired_and_its_token_revoked(mesh: Mesh, make_node: Any) -> None:
+def plant(mesh: Mesh, node: Node, browser: Browser, data: dict[str, Any]) -> None:
+    """A session the cluster holds with exactly this data, and the browser's cookie naming it."""
+    sid = secrets.token_urlsafe(32)
+    mesh.data[sid] = (msgpack.packb(data), mesh.real_ms + IDLE_S * 1000)
+    browser.cookie = Signer(node.app.extensions["logonmesh"].cookie_key, salt=SIGNER_SALT).sign(sid).decode()
+
+
+def test_a_session_with_the_old_unix_stamps_is_expired_and_its_token_revoked(mesh: Mesh, make_node: Any) -> None:
     node = make_node("n1", 0)
     token = FakeDaemon(mesh, 0).op_session_create("alice")["token"]
-    serializer = node.app.session_interface.get_signing_serializer(node.app)  # type: ignore[attr-defined]
     now = int(mesh.real_ms / 1000)
     b = Browser(mesh)
-    b.cookie = serializer.dumps({"token": token, "login_at": now, "seen": now})
+    plant(mesh, node, b, {sessions.TOKEN: token, "login_at": now, "seen": now})
     assert not served(b.get(node, "/budget"))
     assert mesh.revoked(token) and b.token(node) is None
 
 
-@pytest.mark.parametrize("stamps", [{"seen_left_ms": "soon", "login_left_ms": 1}, {"seen_left_ms": True,
-                                    "login_left_ms": 1}, {"login_left_ms": 1}])
-def test_a_cookie_with_malformed_remaining_lifetimes_is_expired(mesh: Mesh, make_node: Any,
-                                                                stamps: dict[str, Any]) -> None:
+@pytest.mark.parametrize("stamps", [{sessions.LEFT_WHEN_SEEN: "soon", sessions.LEFT_AT_LOGIN: 1},
+                                    {sessions.LEFT_WHEN_SEEN: True, sessions.LEFT_AT_LOGIN: 1},
+                                    {sessions.LEFT_AT_LOGIN: 1}])
+def test_a_session_with_malformed_remaining_lifetimes_is_expired(mesh: Mesh, make_node: Any,
+                                                                 stamps: dict[str, Any]) -> None:
     node = make_node("n1", 0)
     token = FakeDaemon(mesh, 0).op_session_create("alice")["token"]
-    serializer = node.app.session_interface.get_signing_serializer(node.app)  # type: ignore[attr-defined]
     b = Browser(mesh)
-    b.cookie = serializer.dumps({"token": token, **stamps})
+    plant(mesh, node, b, {sessions.TOKEN: token, **stamps})
     assert not served(b.get(node, "/budget")) and mesh.revoked(token)
 
 

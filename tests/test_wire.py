@@ -37,12 +37,15 @@ RECORD = ["r", "budget/alice/" + "9a" * 16, 127 << 16, "n1",
           {"v": {"user": "alice", "label": "rent", "cents": -120000, "created_at": "2026-01-02T00:00:00.000+00:00"}},
           0]
 RECORD_TOMBSTONE = ["r", "prefs/alice", 128 << 16, "n2", None, 0]
+SESSION_DATA = ["d", "d" * 43, 129 << 16, "n1", {"data": msgpack.packb({"cart": [1, 2]})}, 1_900_000_000_000]
+SESSION_DATA_TOMBSTONE = ["d", "d" * 43, 130 << 16, "n2", None, 1_900_000_060_000]
 H16 = b"\x01" * 16
 
 # One valid payload per message type.  A type added to SCHEMA must be added here (and to docs/wire.md).
 SAMPLES: dict[str, dict[str, Any]] = {
     "hb": {"size": 3, "digest": H16, "bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
-    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES, RECORD, RECORD_TOMBSTONE]},
+    "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES, RECORD, RECORD_TOMBSTONE,
+                          SESSION_DATA, SESSION_DATA_TOMBSTONE]},
     "announce": {"bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
     "ack": {},
     "sync_req": {"digest": H16},
@@ -56,7 +59,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "pong": {"n": 7, "t": 1.5},
     "req": {"id": 1, "op": "user", "args": {"username": "alice"}},
     "rep": {"id": 1, "ok": True, "result": {"user": "alice"}, "error": None, "code": None},
-    "sessions": {"entries": [SESSION, TOMBSTONE]},
+    "sessions": {"entries": [SESSION, TOMBSTONE, SESSION_DATA, SESSION_DATA_TOMBSTONE]},
     "tick": {},
     "mon": {"socket": "bus-pub", "event": "ACCEPTED", "endpoint": "tcp://127.0.0.1:5000", "value": 12, "t": 1.5},
 }
@@ -74,7 +77,7 @@ def sign(body: bytes, key: bytes = KEY) -> bytes:
 SENT_AT = 1_700_000_000_123
 
 
-def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 3, sender: Any = "n1",
+def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 4, sender: Any = "n1",
              incarnation: Any = 9, seq: Any = 1, sent_at: Any = SENT_AT) -> bytes:
     return sign(pack([version, type_, sender, incarnation, seq, sent_at, {} if payload is None else payload]))
 
@@ -105,7 +108,7 @@ def test_round_trip_every_type(type_):
     codec = Codec(COOKIE, "n1", 42, clock=lambda: SENT_AT)
     frame = codec.encode(type_, SAMPLES[type_])
     env = decode(KEY, frame)
-    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (3, type_, "n1", 42, 1)
+    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (4, type_, "n1", 42, 1)
     assert env.sent_at == SENT_AT
     assert plain(env.payload) == SAMPLES[type_]
     assert codec.decode(frame) == env
@@ -123,9 +126,9 @@ def test_frame_layout_matches_the_spec():
     body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
     assert MAC_SIZE == 32
     assert mac == hmac.new(KEY, body, hashlib.sha256).digest()
-    assert msgpack.unpackb(body, raw=False) == [3, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
+    assert msgpack.unpackb(body, raw=False) == [4, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
     # bytes travel as msgpack bin, text as str: an independent encoder's frame is byte-identical
-    assert frame == sign(pack([3, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
+    assert frame == sign(pack([4, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
 
 
 def test_independently_built_frame_decodes():
@@ -162,10 +165,10 @@ def test_wrong_key_is_a_bad_signature():
 
 
 def test_unsigned_body_is_rejected():
-    body = pack([3, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
+    body = pack([4, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
     assert len(body) > MAC_SIZE
     assert reason_of(body) == "bad_signature"
-    assert reason_of(pack([3, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
+    assert reason_of(pack([4, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, MAC_SIZE])
@@ -201,7 +204,7 @@ def test_random_bytes_are_rejected(junk):
 # ---- envelope checks (validly signed, wrong inside) ------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 255, "3", None, 3.0 + 0.5])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255, "4", None, 4.0 + 0.5])
 def test_unknown_version(version):
     assert reason_of(envelope(version=version)) == "unknown_version"
 
@@ -215,14 +218,14 @@ def test_unknown_type(type_):
     b"\xc1",                                   # a byte msgpack never uses
     b"\x97\x01",                               # a 7-array cut short
     b"\xa2\xff\xfe",                           # a str that is not UTF-8
-    pack([3, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
+    pack([4, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
     pack({"version": 3}),                      # not an array
     pack(42),
-    pack([3, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
-    pack([3, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
-    pack([3, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
-    pack([3, "ack", "n1", 1, 1, 0, []]),       # payload not a map
-    pack([3, "ack", "n1", 1, 1, 0, None]),
+    pack([4, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
+    pack([4, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
+    pack([4, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
+    pack([4, "ack", "n1", 1, 1, 0, []]),       # payload not a map
+    pack([4, "ack", "n1", 1, 1, 0, None]),
 ], ids=lambda b: b[:12].hex())
 def test_malformed_bodies(body):
     assert reason_of(sign(body)) == "malformed"
@@ -326,6 +329,12 @@ BAD_ENTRIES = {
     "record key of 201 chars": ["r", "budget/" + "k" * 201, 1, "n1", RECORD[4], 0],
     "record value over 4096 bytes": ["r", "budget/e1", 1, "n1", {"v": "x" * 4094}, 0],
     "failure count a bool": ["t", "alice@n1", 1, "n1", {"n": True}, 5],
+    "session data as text": ["d", "d" * 43, 1, "n1", {"data": "not bytes"}, 5],
+    "session data over 4096 bytes": ["d", "d" * 43, 1, "n1", {"data": b"x" * 4097}, 5],
+    "session data with another field": ["d", "d" * 43, 1, "n1", {"data": b"", "user": "alice"}, 5],
+    "session id of 15 chars": ["d", "d" * 15, 1, "n1", {"data": b""}, 5],
+    "session id of 65 chars": ["d", "d" * 65, 1, "n1", {"data": b""}, 5],
+    "session id not url-safe base64": ["d", "d" * 42 + "+", 1, "n1", {"data": b""}, 5],
     "user whose origin is not its id": _entry(3, "n1"),
     "user whose key is not its username": _entry(1, "bob"),
     "expires negative": _entry(5, -1),
@@ -353,6 +362,8 @@ def test_bad_entries(name):
     RECORD, RECORD_TOMBSTONE, ["r", "n" * 64 + "/" + "k" * 200, 1, "n1", {"v": None}, 0],
     ["r", "a.b_c-9/k", 1, "n1", {"v": "x" * 4093}, 0],   # 4096 bytes packed: the limit itself
     ["r", "ns/a/b/c", 1, "n1", {"v": [1, {"deep": b"bin"}]}, 0],
+    SESSION_DATA, SESSION_DATA_TOMBSTONE, ["d", "A-_z" * 4, 1, "n1", {"data": b""}, 1],
+    ["d", "d" * 64, 1, "n1", {"data": b"\xff" * 4096}, 2**64 - 1],   # the longest id, the largest data
 ])
 def test_edge_entries_are_valid(entry):
     assert check_entry(entry) == Entry(*entry)
@@ -360,11 +371,12 @@ def test_edge_entries_are_valid(entry):
 
 
 def test_value_schema_matches_the_spec():
-    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "r"}
+    assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "r", "d"}
     assert VALUE_SCHEMA["u"] == {"id": str, "username": str, "password_hash": str, "created_at": str}
     assert VALUE_SCHEMA["s"] == {"uid": str, "user": str}
     assert VALUE_SCHEMA["t"] == {"n": int}
     assert VALUE_SCHEMA["r"] == {"v": object}
+    assert VALUE_SCHEMA["d"] == {"data": bytes}
 
 
 def test_docs_name_every_type_field_kind_and_op():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flask import Flask
 
@@ -66,8 +66,13 @@ class MeshState:
         self.limits = Limits(settings.throttle_user, settings.throttle_addr, settings.throttle_window_s)
         self.idle_s, self.absolute_s = settings.session_idle_s, settings.session_ttl_s
 
-    def start(self) -> None:
-        """Follow the daemon's feed now, so the mirror is warm before the first request (the web server calls it)."""
+    def start(self, on_give_up: Callable[[int], None] | None = None) -> None:
+        """Follow the daemon's feed now, so the mirror is warm before the first request (the web server calls it).
+
+        ``on_give_up`` is how the server stops when the mirror's thread gives up (else SIGTERM).
+        """
+        if on_give_up is not None:
+            self.mirror.on_give_up = on_give_up
         self.mirror.start()
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from logonmesh.daemon.config import Settings
 from logonmesh.testing import Browser, LocalCluster, Node, eventually
 from hostile_kit import assert_no_crash, tally
 from logonmesh.web import create_app, derive_secret_key
-from logonmesh.web.sessions import is_local_path
+from logonmesh.flask.login import is_local_path
 
 PASSWORD = "correct horse battery"
 USER_LIMIT, ADDR_LIMIT, WINDOW_S = 5, 8, 60

@@ -1,4 +1,4 @@
-"""Run the web app under waitress until SIGTERM or SIGINT, then exit 0.
+"""Run a node's web app (the demo, or any Flask app) under waitress until SIGTERM or SIGINT, then exit 0.
 
 honcho stops a Procfile by sending SIGTERM to every process (and SIGKILL 5 s
 later), so SIGTERM must end the server promptly and cleanly.  waitress leaves
@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import Callable
 
+from flask import Flask
 from waitress.server import create_server
 
 from logonmesh.daemon.config import Settings
-from logonmesh.web import create_app
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,15 @@ THREADS = 8
 _exit_code = 0  # what the next SIGTERM exits with; stop() raises it for a thread that gave up
 
 
-def serve(settings: Settings, port: int) -> None:
-    """Build the app and serve it; a port that cannot be bound is one line on stderr and exit 1."""
-    _stop_on_signals()  # first, so that a SIGTERM during start-up also exits 0
-    app = create_app(settings)
-    app.extensions["logonmesh.mirror"].start()
+def serve(settings: Settings, port: int, build: Callable[[], Flask]) -> None:
+    """Build the app, start its session mirror, serve it; a port that cannot be bound is one line and exit 1.
+
+    ``build`` runs after the signal handlers are in place, so that a SIGTERM
+    while the app is imported (or its factory runs) also exits 0.
+    """
+    _stop_on_signals()
+    app = build()
+    start_mirror(app)
     try:
         server = create_server(app, host=settings.host, port=port, threads=THREADS, ident="logonmesh")
     except OSError as exc:
@@ -40,6 +45,17 @@ def serve(settings: Settings, port: int) -> None:
     log.info("web %s stopped", settings.name)
     if _exit_code:
         sys.exit(_exit_code)
+
+
+def start_mirror(app: Flask) -> None:
+    """Warm the session mirror before the first request, if the app uses ``logonmesh.flask``.
+
+    Its state is ``app.extensions["logonmesh"]``; a plain Flask app has none and
+    needs none.  A mirror that gives up stops this server the clean way, exit 1.
+    """
+    start = getattr(app.extensions.get("logonmesh"), "start", None)
+    if callable(start):
+        start(on_give_up=stop)
 
 
 def _stop_on_signals() -> None:
