@@ -132,15 +132,25 @@ def redis_app(headers: dict[str, str]) -> Flask:
 # ---- the real app with a round trip per request --------------------------------------------
 
 class AskTheDaemon:
-    """A stand-in for web.mirror.SessionMirror that never vouches: every lookup goes to the daemon."""
+    """A stand-in for logonmesh.flask.mirror.SessionMirror that never vouches: every lookup goes to the daemon."""
 
     def lookup(self, token: str):
-        from logonmesh.web.mirror import UNKNOWN
+        from logonmesh.flask.mirror import UNKNOWN
         return UNKNOWN
 
     def records(self, namespace: str, prefix: str = ""):
-        from logonmesh.web.mirror import UNKNOWN
+        from logonmesh.flask.mirror import UNKNOWN
         return UNKNOWN
+
+    def session_data(self, sid: str):
+        from logonmesh.flask.mirror import UNKNOWN
+        return UNKNOWN
+
+    def session_data_written(self, sid: str, reply: dict, data: bytes) -> None:
+        pass
+
+    def session_data_destroyed(self, sid: str, expires_ms: int) -> None:
+        pass
 
     def record_written(self, written: dict) -> None:
         pass
@@ -156,11 +166,11 @@ class AskTheDaemon:
 
 
 def roundtrip_app() -> Flask:
-    from logonmesh.daemon import config
     from logonmesh.web import create_app
-    app = create_app(config.load(require_name=True))
-    app.extensions["logonmesh.mirror"].close()
-    app.extensions["logonmesh.mirror"] = AskTheDaemon()
+    app = create_app()
+    state = app.extensions["logonmesh"]
+    state.mirror.close()
+    state.mirror = AskTheDaemon()
     return app
 
 

@@ -56,8 +56,8 @@ def daemon(**values: Any) -> None:
 def web(**values: Any) -> None:
     """Run this node's web process: the Flask app of --app (the demo by default) on waitress.
 
-    The app is imported from the working directory first and sees the
-    settings resolved here as LOGONMESH_* variables (logonmesh/commands/webapp.py).
+    The app is imported from the working directory first, and its factory sees
+    every setting resolved here as a LOGONMESH_* environment variable.
     """
     settings = load_settings(values, require_name=True)
     setup_logging(settings.require_name())

@@ -55,6 +55,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import requests
 
+from logonmesh.daemon import config
 from logonmesh.daemon.client import DaemonClient, DaemonUnavailable
 
 T = TypeVar("T")
@@ -179,10 +180,11 @@ _spawner = _Spawner()
 
 
 class Proc:
-    """One subprocess with its output captured to a file."""
+    """One subprocess with its output captured to a file, started in ``cwd`` (None: the runner's)."""
 
-    def __init__(self, label: str, argv: list[str], env: dict[str, str], log_path: str) -> None:
-        self.label, self.argv, self.env, self.log_path = label, argv, env, log_path
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], log_path: str,
+                 cwd: str | None = None) -> None:
+        self.label, self.argv, self.env, self.log_path, self.cwd = label, argv, env, log_path, cwd
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -190,7 +192,7 @@ class Proc:
             return
         log = open(self.log_path, "ab")
         try:
-            self.popen = _spawner.popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.popen = _spawner.popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
                                         preexec_fn=_die_with_parent)
         finally:
@@ -266,8 +268,9 @@ class Node:
         logs = cluster.dir
         py = [sys.executable, "-m", "logonmesh"]
         self.daemon = Proc(f"{name} daemon", py + ["daemon"], env, os.path.join(logs, f"{name}.daemon.log"))
-        self.web = (Proc(f"{name} web", py + ["web", "--port", str(self.port)], env,
-                         os.path.join(logs, f"{name}.web.log")) if web else None)
+        # --port last: _rebind_web replaces it
+        self.web = (Proc(f"{name} web", py + ["web", "--app", cluster.app, "--port", str(self.port)], env,
+                         os.path.join(logs, f"{name}.web.log"), cwd=cluster.cwd) if web else None)
         self.client = DaemonClient(os.path.join(cluster.run_dir, f"{name}.ipc"), cluster.cookie.encode(),
                                    name="harness")
         self.paused = False
@@ -458,23 +461,42 @@ class Node:
         return self.call("ping")["peers_up"]
 
     def healthy(self) -> bool:
-        if self.web is None:
+        """The daemon answers, and so does the web (its /healthz says 200, or the app has no /healthz).
+
+        The demo's /healthz asks the daemon itself; an app of the user's may
+        have no such route (404), and then any answer of the web will do,
+        beside the daemon's own.
+        """
+        if self.web is not None:
             try:
-                self.call("ping")
-                return True
-            except DaemonUnavailable:
+                status = requests.get(f"{self.url}/healthz", timeout=2).status_code
+            except requests.RequestException:
                 return False
+            if status != 404:
+                return status == 200
         try:
-            return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
+            self.call("ping")
+            return True
+        except DaemonUnavailable:
             return False
 
 
+DEFAULT_APP: str = config.OPTIONS_BY_NAME["app"].default  # the demo
+
+
 class LocalCluster:
-    """Nodes sharing one temporary directory: the cluster database, the cookie and the run dir."""
+    """Nodes sharing one temporary directory: the cluster database, the cookie and the run dir.
+
+    Every node's web serves ``app`` (MODULE:FACTORY, as ``logonmesh web --app``
+    takes it; default: the demo), started in ``cwd`` (default: the working
+    directory when the cluster is made), so the test's own app module imports
+    from there, before anything installed.
+    """
 
     def __init__(self, heartbeat_ms: int = 100, down_after: int = 3, discovery_ms: int = 200,
-                 ready_timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
+                 ready_timeout: float = 20.0, env: dict[str, str] | None = None, app: str | None = None,
+                 cwd: str | os.PathLike[str] | None = None) -> None:
+        self.app, self.cwd = _app_and_cwd(app or (env or {}).get("LOGONMESH_APP") or DEFAULT_APP, cwd)
         # /tmp, not a deep pytest tmp_path: ipc paths must stay under ~107 bytes.
         _sweep_orphaned_dirs()
         self.dir = tempfile.mkdtemp(prefix=DIR_PREFIX, dir=DIR_PARENT)
@@ -700,6 +722,18 @@ class LocalCluster:
         return len(digests) == 1
 
 
+def _app_and_cwd(app: str, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """Check both before anything is made: a typo is a ValueError here, not a web that dies at start."""
+    try:
+        config.OPTIONS_BY_NAME["app"].parse(app)
+    except ValueError as exc:
+        raise ValueError(f"LocalCluster(app=...): {exc}") from None
+    where = os.path.abspath(os.getcwd() if cwd is None else cwd)
+    if not os.path.isdir(where):
+        raise ValueError(f"LocalCluster(cwd=...): {where} is not a directory")
+    return app, where
+
+
 class _InputParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -719,19 +753,28 @@ class Browser:
     It keeps cookies (which, as in a real browser, ignore the port, so every
     local node sees the same session cookie) and fills ``csrf_token`` from the
     last HTML page it fetched.  Redirects are not followed, so a test sees
-    every 302.
+    every 302.  The paths of the app's pages are parameters, the demo's by
+    default: ``login`` gets then posts ``login_path``, ``signup`` the same with
+    ``signup_path``, ``logout`` gets ``protected_path`` (for a CSRF token)
+    then posts ``logout_path``, and ``authenticated`` is whether
+    ``protected_path`` answers 200.
     """
 
-    def __init__(self, url: str, session: requests.Session | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, session: requests.Session | None = None, timeout: float = 5.0, *,
+                 login_path: str = "/", logout_path: str = "/logout", protected_path: str = "/budget",
+                 signup_path: str = "/signup") -> None:
         self.url = url.rstrip("/")
         self.session = session or requests.Session()
         self.timeout = timeout
+        self.login_path, self.logout_path = login_path, logout_path
+        self.protected_path, self.signup_path = protected_path, signup_path
         self.csrf_token: str | None = None
         self.last: requests.Response | None = None
 
     def at(self, url: str) -> "Browser":
-        """The same browser (same cookies) pointed at another node."""
-        other = Browser(url, self.session, self.timeout)
+        """The same browser (same cookies, same paths) pointed at another node."""
+        other = Browser(url, self.session, self.timeout, login_path=self.login_path, logout_path=self.logout_path,
+                        protected_path=self.protected_path, signup_path=self.signup_path)
         other.csrf_token = self.csrf_token
         return other
 
@@ -748,6 +791,11 @@ class Browser:
         kw.setdefault("allow_redirects", False)
         return self._remember(self.session.get(self.url + path, timeout=self.timeout, **kw))
 
+    def get_json(self, path: str, **kw: Any) -> requests.Response:
+        """GET as a script would, preferring JSON (``Accept: application/json``): a 401, not a redirect."""
+        kw["headers"] = {"Accept": "application/json", **(kw.get("headers") or {})}
+        return self.get(path, **kw)
+
     def post_form(self, path: str, data: dict[str, str] | None = None, csrf: bool = True,
                   **kw: Any) -> requests.Response:
         data = dict(data or {})
@@ -757,20 +805,20 @@ class Browser:
         return self._remember(self.session.post(self.url + path, data=data, timeout=self.timeout, **kw))
 
     def signup(self, username: str, password: str) -> requests.Response:
-        self.get("/signup")
-        return self.post_form("/signup", {"username": username, "password": password})
+        self.get(self.signup_path)
+        return self.post_form(self.signup_path, {"username": username, "password": password})
 
     def login(self, username: str, password: str) -> requests.Response:
-        self.get("/")
-        return self.post_form("/", {"username": username, "password": password})
+        self.get(self.login_path)
+        return self.post_form(self.login_path, {"username": username, "password": password})
 
     def logout(self) -> requests.Response:
-        self.get("/budget")
-        return self.post_form("/logout")
+        self.get(self.protected_path)
+        return self.post_form(self.logout_path)
 
     def authenticated(self) -> bool:
-        """Whether /budget on this node serves the page (not a redirect to the login)."""
-        return self.get("/budget").status_code == 200
+        """Whether ``protected_path`` on this node serves the page (not a redirect to the login)."""
+        return self.get(self.protected_path).status_code == 200
 
 
 def _assert_offset(label: str, seen_s: float, before_s: float, after_s: float, offset_s: float,

@@ -29,7 +29,13 @@ def page(code: int, title: str, message: str) -> tuple[str, int]:
     return render_template("error.html", code=code, title=title, message=message), code
 
 
-def csrf_failed(exc: CSRFError) -> tuple[str, int]:
+def csrf_failed(exc: CSRFError) -> tuple[str, int] | tuple[str, int, dict[str, str]]:
+    """A form whose token cannot be checked because the session cannot be read (the daemon is out) is the
+    daemon's failure, not the person's: say so with a 503."""
+    try:
+        mesh.ping(timeout_ms=300)
+    except MeshUnavailable as down:
+        return daemon_unavailable(down)
     return page(400, "The form could not be accepted",
                 "It was missing its security token, or the token was stale. "
                 "Go back, reload the page and try again.")

@@ -49,7 +49,7 @@ class TooManyAttempts(MeshError, TooManyRequests):
         super().__init__(f"Too many failed logins. Try again in {retry_after} s.")
         self.retry_after = retry_after
 
-    def get_headers(self, environ=None, scope=None):  # type: ignore[no-untyped-def]
+    def get_headers(self, environ=None, scope=None):
         return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
 
 

@@ -41,9 +41,13 @@ class LogonMesh:
         state = MeshState(settings_for(app), client)
         app.extensions[EXTENSION] = state
         app.extensions[EXTENSION + ".ext"] = self
-        app.config.setdefault("SESSION_COOKIE_NAME", "logonmesh")
-        app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-        app.config.setdefault("SESSION_COOKIE_SECURE", state.settings.secure_cookies)
+        # Flask's defaults, unless the app chose otherwise: our cookie's name, Lax, Secure when told
+        if app.config.get("SESSION_COOKIE_NAME") in (None, "session"):
+            app.config["SESSION_COOKIE_NAME"] = "logonmesh"
+        if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+            app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+        app.config["SESSION_COOKIE_SECURE"] = bool(app.config.get("SESSION_COOKIE_SECURE")) or \
+            state.settings.secure_cookies
         if not app.config.get("SECRET_KEY"):  # the same on every node, so CSRF tokens and flashes travel
             app.config["SECRET_KEY"] = derive_key(state.cookie_key, b"logonmesh/app-secret/v1")
         app.session_interface = MeshSessionInterface()

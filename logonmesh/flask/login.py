@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from flask import request, session
 
+from logonmesh.flask.errors import MeshUnavailable
 from logonmesh.flask.mirror import UNKNOWN
 from logonmesh.flask.state import MeshState
 
@@ -68,7 +69,13 @@ def requested_path() -> str:
 
 
 def current_login(state: MeshState) -> dict[str, Any] | None:
-    """``{user, uid, expires}`` of the live login behind this session, within its lifetimes, else None."""
+    """``{user, uid, expires}`` of the live login behind this session, within its lifetimes, else None.
+
+    Raises MeshUnavailable when the cookie names a session the daemon could
+    not be asked about: who this is cannot be known, which is not "nobody".
+    """
+    if not getattr(session, "reachable", True):
+        raise MeshUnavailable(f"the daemon of node {state.node} is not answering")
     token = session.get(TOKEN)
     if token is None:
         return None

@@ -1,4 +1,4 @@
-"""The web's exact, local mirror of its daemon's sessions and app records.
+"""The web's exact, local mirror of its daemon's sessions, app records and session data.
 
 A protected page must know whether a session token is valid.  Asking the
 daemon costs a round trip per request; this mirror answers from memory and is
@@ -12,6 +12,14 @@ answer is never older than ``stale_after_s``.  One thread owns the SUB socket;
 request threads read the dicts and record their own revocations and writes
 in them.  Which kinds the feed carries is said by ``daemon.kinds``
 (``mirrored``); a kind this mirror does not know is ignored.
+
+Session data (kind ``d``, a web session's packed dict under its sid) is held
+by the cache's own rule (``kinds.supersedes``): a destroyed session's
+tombstone beats every live copy, else the higher version wins.  Request
+threads and the mirror thread both hold versions of it, and a hold is a
+compare-and-set, so those holds take one small lock (a tombstone overwritten
+by a live copy read just before it would show destroyed data until the
+next snapshot); reads take none.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any, Callable
 
 from logonmesh.daemon.clock import StepWatch
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, FeedMessage, FeedSubscription
-from logonmesh.daemon.kinds import SortedKeys, split_record_key
+from logonmesh.daemon.kinds import SortedKeys, split_record_key, supersedes
 from logonmesh.daemon.restart import Restarts
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,24 @@ DELETED = object()   # a record's tombstone, held so that an older write cannot 
 POLL_MS = 100
 PURGE_EVERY_S = 10.0
 STEP_SETTLE_S = 1.5  # after our clock stepped: the daemon moves its expiries within its 1 s purge period
+
+HeldData = tuple[int, str, bytes | None, int]  # (hlc, origin, data or None when destroyed, expires_ms)
+
+
+def held_after(old: HeldData | None, new: HeldData) -> HeldData:
+    """What the mirror keeps of a sid's session data after it meets ``new``: the cache's own merge.
+
+    A tombstone beats every live copy, else the higher (hlc, origin) wins; and
+    a tombstone keeps the later expiry of its own and each copy it met, as the
+    daemon's does, so the mirror forgets it no sooner than the daemon.
+    """
+    if old is None:
+        return new
+    if supersedes("d", new[:3], old):
+        return new if new[2] is not None else (new[0], new[1], None, max(new[3], old[3]))
+    if old[2] is None and new[3] > old[3]:
+        return old[0], old[1], None, new[3]
+    return old
 
 
 def _terminate(code: int) -> None:
@@ -77,6 +103,9 @@ class SessionMirror:
         self._sessions: dict[str, tuple[str | None, str | None, int]] = {}
         # namespace -> its records, versions kept so a late write cannot undo a newer one
         self._records: dict[str, HeldRecords] = {}
+        # sid -> its session data as held_after keeps it; holds (not reads) take the lock
+        self._session_data: dict[str, HeldData] = {}
+        self._data_lock = threading.Lock()
         self._incarnation = 0
         self._seq = 0
         self._heard = 0.0            # monotonic time of the last in-order message
@@ -123,6 +152,40 @@ class SessionMirror:
         if held is None:
             held = self._records[namespace] = HeldRecords()
         held.hold(key, version)
+
+    def session_data(self, sid: str) -> Any:
+        """The session's packed data; None when it was destroyed or expired; UNKNOWN when only the daemon can say.
+
+        A sid the mirror has never seen is UNKNOWN, not None: a session just
+        written on another node may not have arrived yet.
+        """
+        self._ensure_running()
+        found = self._session_data.get(sid)
+        if found is None or not self.current():
+            return UNKNOWN
+        if found[2] is None or found[3] <= time.time() * 1000:
+            return None
+        return found[2]
+
+    def session_data_written(self, sid: str, reply: dict, data: bytes) -> None:
+        """This web just wrote the session's data (``reply`` is what ``session_data_put`` answered): hold it now,
+        so the next request here reads it before the feed's own message arrives.  A reply that says the session
+        was destroyed holds the tombstone instead."""
+        value = None if reply.get("destroyed") else data
+        self._hold_data(sid, (reply["hlc"], reply["origin"], value, reply["expires"]))
+
+    def session_data_destroyed(self, sid: str, expires_ms: int) -> None:
+        """This web just deleted the session's data (``session_data_delete`` answered this expiry): know it now.
+
+        The reply carries no version, and needs none: a tombstone beats every
+        live copy, and the feed's own tombstone, being higher, replaces it.
+        """
+        self._hold_data(sid, (0, "", None, expires_ms))
+
+    def _hold_data(self, sid: str, version: HeldData) -> None:
+        with self._data_lock:
+            held = self._session_data
+            held[sid] = held_after(held.get(sid), version)
 
     def revoked(self, token: str, expires_ms: int) -> None:
         """This web just revoked the token: know it now, before the feed's own message arrives."""
@@ -240,28 +303,41 @@ class SessionMirror:
             self._trusted = False
             return False
         self._sessions, self._records = {}, {}
-        self._apply(snap["entries"])
+        data: dict[str, HeldData] = {}
+        self._apply(snap["entries"], data)
+        with self._data_lock:  # a hold in flight lands in the old dict; the feed brings it again
+            self._session_data = data
         self._incarnation, self._seq = snap["incarnation"], snap["seq"]
         self._heard = time.monotonic()
         self._trusted = True
         return True
 
     def _purge(self) -> None:
-        """Forget expired sessions (the daemon purges its own without telling the feed).
+        """Forget expired sessions and session data (the daemon purges its own without telling the feed).
 
-        Request threads insert into the dict meanwhile (``revoked``), so this
-        walks a copy: ``dict.copy()`` runs under the GIL in one step, while
-        iterating the live dict raises "dictionary changed size during
-        iteration".  A token re-inserted between the copy and its pop may be
-        forgotten, which only makes its next lookup ask the daemon.
+        Request threads insert into the dicts meanwhile (``revoked``,
+        ``session_data_written``), so this walks copies: ``dict.copy()`` runs
+        under the GIL in one step, while iterating the live dict raises
+        "dictionary changed size during iteration".  A token re-inserted
+        between the copy and its pop may be forgotten, which only makes its
+        next lookup ask the daemon; session data is dropped only if it is
+        still the expired version, under the lock its holds take.
         """
         now = time.time() * 1000
         sessions = self._sessions
         for token, found in sessions.copy().items():
             if found[2] <= now:
                 sessions.pop(token, None)
+        data = self._session_data
+        for sid, held in data.copy().items():
+            if held[3] <= now:
+                with self._data_lock:
+                    if data.get(sid) is held:
+                        del data[sid]
 
-    def _apply(self, entries: list) -> None:
+    def _apply(self, entries: list, data: dict[str, HeldData] | None = None) -> None:
+        """Apply the feed's entries; session data goes into ``data`` (a snapshot's fresh dict, not yet shared)
+        or, when None, into the held dict through the lock."""
         sessions = self._sessions
         for kind, key, hlc, origin, value, expires in entries:
             if kind == "s":
@@ -269,3 +345,9 @@ class SessionMirror:
             elif kind == "r":
                 namespace, own = split_record_key(key)
                 self._hold(namespace, own, (hlc, origin, DELETED if value is None else value["v"]))
+            elif kind == "d":
+                version = (hlc, origin, None if value is None else value["data"], expires)
+                if data is None:
+                    self._hold_data(key, version)
+                else:
+                    data[key] = held_after(data.get(key), version)
