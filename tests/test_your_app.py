@@ -9,8 +9,8 @@ logout on one refusing the other with a 401, a login across a cut refused,
 then accepted after the heal.
 
 The second test measures how long a session write on one node takes to be
-read on the other: its figures go to the test's properties (``--junitxml``),
-not to the output.
+read on the other: its figures go to the test suite's properties
+(``--junitxml``), not to the output.
 """
 
 from __future__ import annotations
@@ -163,12 +163,14 @@ def test_your_app_from_outside_the_repo_logs_in_and_out_across_nodes(cluster: Lo
 
 
 def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
-        cluster: LocalCluster, record_property: Callable[[str, object], None]) -> None:
+        cluster: LocalCluster, record_testsuite_property: Callable[[str, object], None]) -> None:
     """WRITES writes, alternately on each node, each polled on the other until it reads it.
 
     Measured from the write's answer (the write is stored on its node) to the
-    first read on the other node that returns it; the write's own round trip
-    is recorded beside it.  The bounds only catch a broken replication path:
+    first read on the other node that returns it (so a read that succeeds at
+    its first poll counts its own round trip: the figure is an upper bound);
+    the write's own round trip is recorded beside it, and how often the first
+    poll already read it.  The bounds only catch a broken replication path:
     the figures themselves are the result.
     """
     cluster.wait_ready(timeout=VIEW_S)
@@ -178,23 +180,26 @@ def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
     assert you.call(n1, "POST", "/login", username=username, password=PASSWORD).status_code == 200
     eventually(lambda: you.call(n2, "GET", "/note").status_code == 200, timeout=REPLICATE_S)
 
-    lags, writes = [], []
+    lags, writes, polls = [], [], []
     for i in range(WRITES):
         writer, reader = (n1, n2) if i % 2 == 0 else (n2, n1)
         value = f"write {i} {uuid.uuid4().hex}"
         started = time.perf_counter()
         assert you.call(writer, "PUT", "/note", note=value).status_code == 200
         written = time.perf_counter()
-        deadline = written + READ_DEADLINE_S
+        deadline, reads = written + READ_DEADLINE_S, 1
         while you.call(reader, "GET", "/note").json()["note"] != value:
             assert time.perf_counter() < deadline, f"write {i} on {writer.name} never read on {reader.name}"
+            reads += 1
         lags.append((time.perf_counter() - written) * 1000)
         writes.append((written - started) * 1000)
+        polls.append(reads)
 
     figures = {"median_ms": statistics.median(lags), "p99_ms": _p99(lags), "max_ms": max(lags),
-               "write_median_ms": statistics.median(writes), "write_p99_ms": _p99(writes)}
+               "write_median_ms": statistics.median(writes), "write_p99_ms": _p99(writes),
+               "read_at_first_poll": polls.count(1) / WRITES}
     for name, value in figures.items():
-        record_property(f"session_write_to_read_{name}", round(value, 2))
+        record_testsuite_property(f"session_write_to_read_{name}", round(value, 3))
     assert figures["median_ms"] < 100 and figures["p99_ms"] < 1000, figures
 
 
