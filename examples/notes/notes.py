@@ -83,21 +83,28 @@ def my_notes() -> list[dict[str, Any]]:
 
     A key is ``<username>/<id>``: the prefix ``alice/`` also matches the notes
     of a user ``alice/x`` (another app of the cluster may allow that name), so
-    only keys with no further "/" are Alice's.
+    only keys with a note id after the prefix are Alice's.  The namespace is
+    the cluster's, so a value that is not a note is skipped, not shown.
     """
     prefix = f"{current_user.username}/"
     notes = [dict(value, id=key[len(prefix):]) for key, value in mesh.records(NAMESPACE).items(prefix)
-             if "/" not in key[len(prefix):]]
+             if NOTE_ID.fullmatch(key[len(prefix):]) and isinstance(value, dict)]
     return notes[::-1]
 
 
-def note_or_404(note_id: str) -> dict[str, Any]:
-    if not NOTE_ID.fullmatch(note_id):
-        abort(404)
+def find_note(note_id: Any) -> dict[str, Any] | None:
+    """One of the current user's notes, or None (no such id, or not a note)."""
+    if not isinstance(note_id, str) or not NOTE_ID.fullmatch(note_id):
+        return None
     note = mesh.records(NAMESPACE).get(f"{current_user.username}/{note_id}")
+    return dict(note, id=note_id) if isinstance(note, dict) else None
+
+
+def note_or_404(note_id: str) -> dict[str, Any]:
+    note = find_note(note_id)
     if note is None:
         abort(404)
-    return dict(note, id=note_id)
+    return note
 
 
 def viewed(note_id: str) -> None:
@@ -108,11 +115,7 @@ def viewed(note_id: str) -> None:
 
 def last_viewed() -> dict[str, Any] | None:
     """The session's last viewed note, if it still exists (it may have been deleted on another node)."""
-    note_id = session.get(LAST_VIEWED)
-    if not isinstance(note_id, str) or not NOTE_ID.fullmatch(note_id):
-        return None
-    note = mesh.records(NAMESPACE).get(f"{current_user.username}/{note_id}")
-    return None if note is None else dict(note, id=note_id)
+    return find_note(session.get(LAST_VIEWED))
 
 
 # ---- pages ---------------------------------------------------------------------
