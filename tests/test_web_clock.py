@@ -44,7 +44,7 @@ from logonmesh.web import create_app
 PASSWORD = "correct horse battery"
 PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")  # cheap: the hash is not tested here
 IDLE_S, TTL_S = 600, 3600
-REFRESH_S = 60      # login._refresh_every(IDLE_S): how stale the last-seen stamp may get
+REFRESH_S = 60      # login.refresh_every(IDLE_S): how stale the last-seen stamp may get
 SKEW_S = 300
 COOKIE = "logonmesh"
 CSRF_RE = re.compile(r'<input[^>]*\bname="csrf_token"[^>]*>')

@@ -134,7 +134,7 @@ def _within_lifetimes(state: MeshState, found: dict[str, Any]) -> bool:
             or when_seen - left > state.idle_s * 1000 or at_login - left > state.absolute_s * 1000):
         end_login(state)
         return False
-    if when_seen - left >= _refresh_every(state.idle_s) * 1000:
+    if when_seen - left >= refresh_every(state.idle_s) * 1000:
         session[LEFT_WHEN_SEEN] = left
     return True
 
@@ -144,7 +144,7 @@ def _left_ms(expires_ms: float) -> int:
     return int(expires_ms - now_ms())
 
 
-def _refresh_every(idle_s: int) -> int:
+def refresh_every(idle_s: int) -> int:
     """How stale the idle stamp may get before the session is saved again: a tenth of the idle lifetime, ≤ 60 s."""
     return max(1, min(60, idle_s // 10))
 

@@ -16,7 +16,7 @@ Semantics, as docs/flask.md states them:
   edited concurrently in ``mesh.records``.
 - **A size limit.**  At most ``SESSION_DATA_MAX`` bytes packed; more raises
   ``SessionTooLarge`` when the request ends.
-- **Lifetime.**  Data lives ``--session-idle`` from its last save; a login
+- **Lifetime.**  Data lives ``--session-idle`` (and a little more) from its last save; a login
   moves it to a fresh id and destroys the old one; a logout destroys it on
   every node, and a destroyed id never comes back (a tombstone beats it).
 - The cookie's signature has no timestamp: lifetimes are judged server-side,
@@ -36,11 +36,19 @@ from werkzeug.datastructures import CallbackDict
 
 from logonmesh.daemon.kinds import SESSION_DATA_MAX
 from logonmesh.flask.errors import MeshUnavailable, Refused, SessionTooLarge
+from logonmesh.flask.login import refresh_every
 from logonmesh.flask.mirror import UNKNOWN
 from logonmesh.flask.state import EXTENSION, MeshState
 
 SID_BYTES = 32
 SIGNER_SALT = b"logonmesh/session-id"
+
+
+def data_ttl_s(idle_s: int) -> int:
+    """How long a session's data outlives its last save: the idle lifetime, plus the idle stamp's refresh
+    period and a minute, so a request in that window finds the data and ends the login explicitly (revoking
+    its token everywhere) rather than finding nothing."""
+    return idle_s + refresh_every(idle_s) + 60
 
 
 def new_sid() -> str:
@@ -134,7 +142,7 @@ class MeshSessionInterface(SessionInterface):
         if len(data) > SESSION_DATA_MAX:
             raise SessionTooLarge(f"flask.session holds {len(data)} bytes packed; a logonmesh session holds at "
                                   f"most {SESSION_DATA_MAX}. Keep bulky data in mesh.records.")
-        written = state.call("session_data_put", sid=session.sid, data=data, ttl_s=state.idle_s)
+        written = state.call("session_data_put", sid=session.sid, data=data, ttl_s=data_ttl_s(state.idle_s))
         state.mirror.session_data_written(session.sid, written, data)
 
     def _destroy(self, state: MeshState, sid: str) -> None:

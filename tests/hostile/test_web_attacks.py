@@ -25,19 +25,19 @@ from typing import Any, Iterator
 import pytest
 import requests
 import sqlite_utils
-from flask import Flask
-from flask.sessions import SecureCookieSessionInterface
+import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import Signer
 from markupsafe import escape
 
-from logonmesh.daemon.client import DaemonClient
-from logonmesh.daemon.config import Settings
 from logonmesh.testing import Browser, LocalCluster, Node, eventually
 from hostile_kit import assert_no_crash, tally
-from logonmesh.web import create_app, derive_secret_key
+from logonmesh.flask import login
 from logonmesh.flask.login import is_local_path
+from logonmesh.flask.session import SIGNER_SALT
+from logonmesh.flask.state import derive_key
+from logonmesh.web import create_app
 
 PASSWORD = "correct horse battery"
 USER_LIMIT, ADDR_LIMIT, WINDOW_S = 5, 8, 60
@@ -271,18 +271,42 @@ def _chunks(body: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
         yield body[i:i + size]
 
 
-# ---- session cookies -----------------------------------------------------------------------
+# ---- session cookies ------------------------------------------------------------------------
+#
+# The cookie holds only a signed session id; the session itself is in the mesh.  So a cookie holder can
+# forge nothing but ids, and what a session holds is changed here the way only a cluster member could,
+# through a daemon's session_data_put, to check that the web is robust to whatever the store holds.
 
-def serializer(cluster: LocalCluster) -> URLSafeTimedSerializer:
-    """Flask's own cookie serializer under the cluster's web key: what a cookie holder could make."""
-    app = Flask("forger")
-    app.secret_key = derive_secret_key(cluster.cookie.encode())
-    return SecureCookieSessionInterface().get_signing_serializer(app)
+def signer(cluster: LocalCluster, key: bytes | None = None) -> Signer:
+    """The cluster's cookie signer (as every node derives it from the cluster cookie), or another key's."""
+    return Signer(key or derive_key(cluster.cookie.encode()), salt=SIGNER_SALT)
+
+
+def sid_of(cluster: LocalCluster, b: Browser) -> str:
+    return signer(cluster).unsign(b.session.cookies.get(COOKIE)).decode()
 
 
 def read_session(cluster: LocalCluster, b: Browser) -> dict[str, Any]:
-    value = b.session.cookies.get(COOKIE)
-    return serializer(cluster).loads(value) if value else {}
+    """What the session named by the browser's cookie holds, as the daemons hold it."""
+    if not b.session.cookies.get(COOKIE):
+        return {}
+    found = cluster.nodes[0].call("session_data_get", sid=sid_of(cluster, b))
+    return {} if found is None else msgpack.unpackb(found["data"])
+
+
+def write_session(cluster: LocalCluster, sid: str, data: dict[str, Any]) -> None:
+    """Put this content under the session id, on every node (a member's write), and wait until all have it."""
+    packed = msgpack.packb(data)
+    cluster.nodes[0].call("session_data_put", sid=sid, data=packed, ttl_s=IDLE_S * 2)
+    for node in cluster.nodes:
+        eventually(lambda: (node.call("session_data_get", sid=sid) or {}).get("data") == packed, timeout=5)
+
+
+def planted(cluster: LocalCluster, data: dict[str, Any]) -> str:
+    """A cookie naming a fresh session that holds ``data``."""
+    sid = uuid.uuid4().hex + uuid.uuid4().hex
+    write_session(cluster, sid, data)
+    return signer(cluster).sign(sid).decode()
 
 
 def set_cookie(b: Browser, value: str) -> None:
@@ -291,19 +315,19 @@ def set_cookie(b: Browser, value: str) -> None:
 
 
 def malformed_cookies(cluster: LocalCluster, valid: str) -> dict[str, str]:
-    other = URLSafeTimedSerializer(b"some other key", salt="cookie-session", signer_kwargs={"key_derivation": "hmac",
-                                                                                          "digest_method": "sha1"})
-    forged = serializer(cluster)
     i = len(valid) - 6  # inside the signature; not its last character, whose low bits are padding
     flipped = valid[:i] + ("A" if valid[i] != "A" else "B") + valid[i + 1:]
+    sid = valid.rsplit(".", 1)[0]
     return {
         "garbage": "garbage", "empty": "", "dots": "a.b.c", "truncated": valid[: len(valid) // 2],
-        "bad signature": flipped, "signed by another key": other.dumps({"token": "x" * 43}),
-        "huge": "A" * 4000, "compressed garbage": ".eJwrSS0u0c1OzSnJLM5QSM5ILMpMzdNLzs8rSc0rsQQArVIL-g.x.y",
-        "token not a string": forged.dumps({"token": ["a", "list"]}),
-        "stamps not numbers": forged.dumps({"token": "x" * 43, "seen_left_ms": "soon", "login_left_ms": None}),
-        "no stamps": forged.dumps({"token": "x" * 43}),
-        "foreign return path": forged.dumps({"next": "//evil.example"}),
+        "bad signature": flipped, "signed by another key": signer(cluster, b"some other key").sign(sid).decode(),
+        "huge": "A" * 4000, "an id no node knows": signer(cluster).sign("x" * 43).decode(),
+        "not even an id": signer(cluster).sign("../../etc").decode(),
+        "token not a string": planted(cluster, {login.TOKEN: ["a", "list"]}),
+        "stamps not numbers": planted(cluster, {login.TOKEN: "x" * 43, login.LEFT_WHEN_SEEN: "soon",
+                                                login.LEFT_AT_LOGIN: None}),
+        "no stamps": planted(cluster, {login.TOKEN: "x" * 43}),
+        "foreign return path": planted(cluster, {login.RETURN_PATH: "//evil.example"}),
     }
 
 
@@ -329,7 +353,7 @@ def test_a_malformed_session_cookie_means_logged_out(local_cluster: LocalCluster
 def logged_in(node: Node) -> tuple[Browser, str, str]:
     b, username = signed_up(node)
     assert b.login(username, PASSWORD).status_code == 302
-    return b, username, read_session(node.cluster, b)["token"]
+    return b, username, read_session(node.cluster, b)[login.TOKEN]
 
 
 def test_an_idle_session_is_logged_out_and_its_token_revoked(local_cluster: LocalCluster,
@@ -339,13 +363,13 @@ def test_an_idle_session_is_logged_out_and_its_token_revoked(local_cluster: Loca
     n1, n2 = nodes
     b, _, token = logged_in(n1)
     state = read_session(local_cluster, b)
-    away = dict(state, seen_left_ms=state["seen_left_ms"] + (IDLE_S + 2) * 1000)
-    set_cookie(b, serializer(local_cluster).dumps(away))
+    away = dict(state, **{login.LEFT_WHEN_SEEN: state[login.LEFT_WHEN_SEEN] + (IDLE_S + 2) * 1000})
+    write_session(local_cluster, sid_of(local_cluster, b), away)
     resp = b.at(n2.url).get("/budget")
     assert (resp.status_code, resp.headers["Location"]) == (302, "/")
     for node in (n1, n2):
         eventually(lambda: node.call("session_resolve", token=token) is None)
-    assert "token" not in read_session(local_cluster, b)
+    assert login.TOKEN not in read_session(local_cluster, b)
 
 
 def test_a_session_past_its_absolute_lifetime_is_logged_out(local_cluster: LocalCluster,
@@ -353,8 +377,8 @@ def test_a_session_past_its_absolute_lifetime_is_logged_out(local_cluster: Local
     n1, n2 = nodes
     b, _, token = logged_in(n2)
     state = read_session(local_cluster, b)
-    old = dict(state, login_left_ms=state["login_left_ms"] + (TTL_S + 2) * 1000)
-    set_cookie(b, serializer(local_cluster).dumps(old))
+    old = dict(state, **{login.LEFT_AT_LOGIN: state[login.LEFT_AT_LOGIN] + (TTL_S + 2) * 1000})
+    write_session(local_cluster, sid_of(local_cluster, b), old)
     resp = b.at(n1.url).get("/budget")
     assert (resp.status_code, resp.headers["Location"]) == (302, "/")
     eventually(lambda: n2.call("session_resolve", token=token) is None)
@@ -365,10 +389,11 @@ def test_activity_keeps_a_session_alive(local_cluster: LocalCluster, nodes: tupl
     n1, n2 = nodes
     b, _, _ = logged_in(n1)
     state = read_session(local_cluster, b)
-    old_stamp = state["seen_left_ms"] + (IDLE_S - 30) * 1000
-    set_cookie(b, serializer(local_cluster).dumps(dict(state, seen_left_ms=old_stamp)))
+    old_stamp = state[login.LEFT_WHEN_SEEN] + (IDLE_S - 30) * 1000
+    write_session(local_cluster, sid_of(local_cluster, b), dict(state, **{login.LEFT_WHEN_SEEN: old_stamp}))
     assert b.at(n2.url).get("/budget").status_code == 200
-    assert read_session(local_cluster, b)["seen_left_ms"] <= state["seen_left_ms"] < old_stamp
+    eventually(lambda: read_session(local_cluster, b)[login.LEFT_WHEN_SEEN] <= state[login.LEFT_WHEN_SEEN],
+               timeout=5)
 
 
 # ---- headers and harmless usernames -------------------------------------------------------
@@ -412,13 +437,26 @@ def test_usernames_that_look_like_html_or_sql_are_harmless(local_cluster: LocalC
     tally["web: hostile usernames"] += 1
 
 
+class SessionStoreOnly:
+    """Stands in for the daemon client in process: it stores session data (the login form's CSRF secret)."""
+
+    def call(self, op: str, timeout_ms: int | None = None, **args: Any) -> Any:
+        assert op in ("session_data_put", "ping"), op
+        return {"sid": args.get("sid"), "hlc": 1, "origin": "inproc", "expires": 2**40, "destroyed": False,
+                "node": "inproc", "peers_up": []}
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("secure_setting,scheme,secure", [
     (False, "http", False), (False, "https", True), (True, "http", True), (True, "https", True)])
 def test_the_session_cookie_is_secure_over_https_or_when_told(tmp_path: Any, secure_setting: bool, scheme: str,
                                                               secure: bool) -> None:
     """In process (Flask's test client), since the nodes speak plain http: the Secure flag per request."""
-    settings_ = Settings(name="inproc", cookie="c" * 32, run_dir=str(tmp_path), secure_cookies=secure_setting)
-    app = create_app(settings_, client=DaemonClient(str(tmp_path / "none.ipc"), b"c" * 32))
+    config = {"LOGONMESH_NODE": "inproc", "LOGONMESH_COOKIE": "c" * 32, "LOGONMESH_RUN_DIR": str(tmp_path),
+              "LOGONMESH_SECURE_COOKIES": "1" if secure_setting else "0"}
+    app = create_app(config, client=SessionStoreOnly())
     resp = app.test_client().get("/", base_url=f"{scheme}://localhost")
     assert resp.status_code == 200
     assert ("; Secure" in resp.headers["Set-Cookie"]) == secure
