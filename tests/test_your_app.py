@@ -180,7 +180,9 @@ def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
     assert you.call(n1, "POST", "/login", username=username, password=PASSWORD).status_code == 200
     eventually(lambda: you.call(n2, "GET", "/note").status_code == 200, timeout=REPLICATE_S)
 
-    lags, writes, polls = [], [], []
+    lags: list[float] = []
+    writes: list[float] = []
+    polls: list[int] = []
     for i in range(WRITES):
         writer, reader = (n1, n2) if i % 2 == 0 else (n2, n1)
         value = f"write {i} {uuid.uuid4().hex}"
@@ -198,8 +200,8 @@ def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
     figures = {"median_ms": statistics.median(lags), "p99_ms": _p99(lags), "max_ms": max(lags),
                "write_median_ms": statistics.median(writes), "write_p99_ms": _p99(writes),
                "read_at_first_poll": polls.count(1) / WRITES}
-    for name, value in figures.items():
-        record_testsuite_property(f"session_write_to_read_{name}", round(value, 3))
+    for name, figure in figures.items():
+        record_testsuite_property(f"session_write_to_read_{name}", round(figure, 3))
     assert figures["median_ms"] < 100 and figures["p99_ms"] < 1000, figures
 
 
