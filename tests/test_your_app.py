@@ -162,7 +162,7 @@ def test_your_app_from_outside_the_repo_logs_in_and_out_across_nodes(cluster: Lo
     assert you.call(n1, "GET", "/note").json()["greeting"].startswith(f"hello {other},")
 
 
-def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
+def test_every_session_write_on_one_node_is_read_on_the_other(
         cluster: LocalCluster, record_testsuite_property: Callable[[str, object], None]) -> None:
     """WRITES writes, alternately on each node, each polled on the other until it reads it.
 
@@ -170,8 +170,8 @@ def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
     first read on the other node that returns it (so a read that succeeds at
     its first poll counts its own round trip: the figure is an upper bound);
     the write's own round trip is recorded beside it, and how often the first
-    poll already read it.  The bounds only catch a broken replication path:
-    the figures themselves are the result.
+    poll already read it.  The test asserts only that every write arrives (a
+    deadline per write); the figures go to the report's properties.
     """
     cluster.wait_ready(timeout=VIEW_S)
     n1, n2 = cluster.nodes
@@ -200,9 +200,8 @@ def test_a_session_write_on_one_node_is_read_on_the_other_within_milliseconds(
     figures = {"median_ms": statistics.median(lags), "p99_ms": _p99(lags), "max_ms": max(lags),
                "write_median_ms": statistics.median(writes), "write_p99_ms": _p99(writes),
                "read_at_first_poll": polls.count(1) / WRITES}
-    for name, figure in figures.items():
+    for name, figure in figures.items():  # figures, not verdicts: speed is the bench's to judge
         record_testsuite_property(f"session_write_to_read_{name}", round(figure, 3))
-    assert figures["median_ms"] < 100 and figures["p99_ms"] < 1000, figures
 
 
 def _p99(values: list[float]) -> float:
