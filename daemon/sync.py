@@ -41,7 +41,8 @@ from logonmesh.daemon.membership import Peer
 log = logging.getLogger(__name__)
 
 LEAF_BATCH = 512
-MAX_ENTRIES = 20_000  # per message (~7 MB of users): well under --max-msg-bytes; the rest goes next round
+MAX_ENTRIES = 10_000  # per message: ~3.5 MB of users, and under 45 MB even if all are full 4 KB sessions' data,
+                      # so well under --max-msg-bytes (64 MiB); the rest goes next round
 Message = tuple[str, dict]
 
 

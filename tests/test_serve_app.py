@@ -30,7 +30,7 @@ from logonmesh.commands.webapp import AppLoadError, environ_of, load_app, prepar
 from logonmesh.daemon import config
 from logonmesh.pytest_plugin import attach_logs_on_failure
 from logonmesh.testing import DEFAULT_APP, Browser, LocalCluster, Node, eventually
-from logonmesh.web.serve import start_mirror
+from logonmesh.commands.serve import start_mirror, stop
 
 pytest_plugins = ["pytester"]
 
@@ -344,22 +344,18 @@ def test_an_app_named_directly_is_taken_as_it_is(app_dir: Path, monkeypatch: pyt
         load_app("bad:returns_a_number")
 
 
-def test_start_mirror_starts_a_logonmesh_extension_or_the_demos_mirror_or_nothing() -> None:
-    started: list[str] = []
+def test_start_mirror_starts_a_logonmesh_extension_and_leaves_a_plain_app_alone() -> None:
+    started: list[tuple[str, object]] = []
 
     class Starts:
-        def __init__(self, name: str) -> None:
-            self.name = name
+        def start(self, on_give_up: object = None) -> None:
+            started.append(("extension", on_give_up))
 
-        def start(self) -> None:
-            started.append(self.name)
-
-    ext, demo, plain = Flask("ext"), Flask("demo"), Flask("plain")
-    ext.extensions.update({"logonmesh": Starts("extension"), "logonmesh.mirror": Starts("not this")})
-    demo.extensions["logonmesh.mirror"] = Starts("demo mirror")
-    for app in (ext, demo, plain):
+    ext, plain = Flask("ext"), Flask("plain")
+    ext.extensions["logonmesh"] = Starts()
+    for app in (ext, plain):
         start_mirror(app)
-    assert started == ["extension", "demo mirror"]
+    assert started == [("extension", stop)]  # a mirror that gives up stops the server the clean way
 
 
 def test_the_demos_factory_reads_the_environment_when_called_with_no_arguments(
@@ -371,7 +367,7 @@ def test_the_demos_factory_reads_the_environment_when_called_with_no_arguments(
     monkeypatch.setenv("LOGONMESH_DB", str(tmp_path / "cluster.db"))
     monkeypatch.setenv("LOGONMESH_RUN_DIR", str(tmp_path / "run"))
     app = create_app()
-    assert app.config["LOGONMESH_NODE"] == "envnode" and "logonmesh.mirror" in app.extensions
+    assert app.extensions["logonmesh"].node == "envnode"
     assert (tmp_path / "cookie").exists()  # the cookie file beside the database, as the daemon makes it
 
 

@@ -28,7 +28,7 @@ from logonmesh.daemon.client import DaemonClient, DaemonError
 from logonmesh.daemon.config import Settings, feed_path, ipc_path
 from logonmesh.daemon.kinds import SESSION_DATA_MAX, TOMBSTONE_GRACE_MS, Entry
 from logonmesh.testing import LocalCluster, Node, eventually
-from logonmesh.web.mirror import UNKNOWN, SessionMirror, held_after
+from logonmesh.flask.mirror import UNKNOWN, SessionMirror, held_after
 
 DEADLINE = 2.0
 TEN_YEARS_S = 10 * 365 * 86400

@@ -8,6 +8,7 @@ processes see it (its monotonic clock is left alone, as NTP leaves it).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Iterator
@@ -44,8 +45,10 @@ def nodes(cluster: LocalCluster) -> tuple[Node, Node, Node]:
 
 
 def signed_up(node: Node) -> str:
+    """A new user; a 503 (the daemon busy past the web's 1 s timeout on a loaded machine) is retried, as a person
+    told "try again in a moment" would."""
     name = fresh_user()
-    assert Browser(node.url).signup(name, PASSWORD).status_code == 302
+    eventually(lambda: _assert_status(Browser(node.url).signup(name, PASSWORD), 302), timeout=10)
     return name
 
 
@@ -245,4 +248,5 @@ def test_a_running_node_whose_clock_steps_back_still_ends_sessions_on_time(reque
         eventually(both_ended, timeout=ttl_s + 10, interval=0.1)
         for node_name, seen in ended.items():
             assert ttl_s - 1.5 <= seen <= ttl_s + 1.5, f"{node_name} served the session {seen:.1f} s (ttl {ttl_s} s)"
-        assert "stepped by -600" in s1.daemon.logs()
+        steps = [int(ms) for ms in re.findall(r"clock stepped by ([-+]\d+) ms", s1.daemon.logs())]
+        assert len(steps) == 1 and abs(steps[0] + 600_000) < 1000, steps

@@ -47,10 +47,7 @@ class TooManyAttempts(MeshError, TooManyRequests):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"Too many failed logins. Try again in {retry_after} s.")
-        self.retry_after = retry_after
-
-    def get_headers(self, environ=None, scope=None):
-        return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
+        self.retry_after = retry_after  # werkzeug's TooManyRequests sends it as the Retry-After header
 
 
 class Refused(MeshError):
