@@ -407,10 +407,12 @@ def test_the_daemons_expiry_ends_the_session_everywhere_at_once(mesh: Mesh, make
     assert not served(b.get(skewed, "/budget")) and not served(b.get(right, "/budget"))
 
 
-def plant(mesh: Mesh, node: Node, browser: Browser, data: dict[str, Any]) -> None:
-    """A session the cluster holds with exactly this data, and the browser's cookie naming it."""
+def plant(mesh: Mesh, node: Node, browser: Browser, data: dict[str, Any], seen: Any = None) -> None:
+    """A session the cluster holds with exactly this data (and this last-seen entry), and the cookie naming it."""
     sid = secrets.token_urlsafe(32)
     mesh.data[sid] = (msgpack.packb(data), mesh.real_ms + IDLE_S * 1000)
+    if seen is not None:
+        mesh.data[sid + sessions.SEEN_SUFFIX] = (msgpack.packb(seen), mesh.real_ms + IDLE_S * 1000)
     browser.cookie = Signer(node.app.extensions["logonmesh"].cookie_key, salt=SIGNER_SALT).sign(sid).decode()
 
 
@@ -424,15 +426,16 @@ def test_a_session_with_the_old_unix_stamps_is_expired_and_its_token_revoked(mes
     assert mesh.revoked(token) and b.token(node) is None
 
 
-@pytest.mark.parametrize("stamps", [{sessions.LEFT_WHEN_SEEN: "soon", sessions.LEFT_AT_LOGIN: 1},
-                                    {sessions.LEFT_WHEN_SEEN: True, sessions.LEFT_AT_LOGIN: 1},
-                                    {sessions.LEFT_AT_LOGIN: 1}])
+@pytest.mark.parametrize("stamps", [{"seen": "soon", sessions.LEFT_AT_LOGIN: 1},
+                                    {"seen": True, sessions.LEFT_AT_LOGIN: 1}, {sessions.LEFT_AT_LOGIN: 1},
+                                    {"seen": 1, sessions.LEFT_AT_LOGIN: "long ago"}])
 def test_a_session_with_malformed_remaining_lifetimes_is_expired(mesh: Mesh, make_node: Any,
                                                                  stamps: dict[str, Any]) -> None:
     node = make_node("n1", 0)
     token = FakeDaemon(mesh, 0).op_session_create("alice")["token"]
     b = Browser(mesh)
-    plant(mesh, node, b, {sessions.TOKEN: token, **stamps})
+    seen = stamps.pop("seen", None)
+    plant(mesh, node, b, {sessions.TOKEN: token, **stamps}, seen)
     assert not served(b.get(node, "/budget")) and mesh.revoked(token)
 
 

@@ -1,9 +1,9 @@
-"""The errors an app sees from logonmesh: each an HTTP answer by default, each with a stable ``code``.
+"""The errors an app sees from logonmesh: each an HTTP answer by default, each with a stable ``error_code``.
 
 An app that does not handle them still answers sensibly: a mesh that cannot
 be reached is a 503, too many failed logins a 429 with ``Retry-After``.  The
-``code`` is what to switch on (the daemon's error codes, docs/wire.md); the
-message is for people.
+``error_code`` is what to switch on (the daemon's error codes, docs/wire.md;
+``code`` is the HTTP status, as werkzeug has it); the message is for people.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable, TooManyReques
 
 
 class MeshError(HTTPException):
-    """Anything logonmesh refuses; ``code`` names why (never switch on the message)."""
+    """Anything logonmesh refuses; ``error_code`` names why (never switch on the message)."""
 
     code = 500
     error_code = "internal"

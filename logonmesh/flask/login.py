@@ -7,17 +7,24 @@ round trip per page; the same answer's expiry serves the lifetimes.
 
 The lifetimes are measured against the daemon session's expiry, which every
 node knows in its own clock (the daemons rebase expiries by each peer's
-measured offset): what the session stores is how long it had left at login
-and when last seen, so their differences are real elapsed time whatever any
-clock says.  The idle stamp is refreshed every tenth of the idle lifetime (at
-most a minute), so a page rarely writes its session: the idle limit holds to
-within that much.
+measured offset): what is stored is how long it had left at login and when
+last seen, so their differences are real elapsed time whatever any clock says.
+
+The login's remaining lifetime is written into the session once, at login.
+The last-seen one changes with activity, so it lives beside the session, in
+an entry of its own (the session id plus ``-t``): refreshing it never writes
+the session, and a request that only reads the session can never overwrite a
+newer write made on another node (whole-session last-writer-wins would lose
+it).  It is refreshed every tenth of the idle lifetime (at most a minute), so
+the idle limit holds to within that much.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any, TypeGuard
+
+import msgpack
 from urllib.parse import urlsplit
 
 from flask import request, session
@@ -28,9 +35,9 @@ from logonmesh.flask.state import MeshState
 
 TOKEN = "_lm_token"                # the daemon's session token
 LEFT_AT_LOGIN = "_lm_login_left"   # ms the daemon session had left at login: the absolute lifetime counts from it
-LEFT_WHEN_SEEN = "_lm_seen_left"   # ms it had left at the last request: the idle lifetime counts from it
 RETURN_PATH = "_lm_next"           # where to go after the login, a local path only
-RESERVED = (TOKEN, LEFT_AT_LOGIN, LEFT_WHEN_SEEN, RETURN_PATH)
+RESERVED = (TOKEN, LEFT_AT_LOGIN, RETURN_PATH)
+SEEN_SUFFIX = "-t"                 # the last-seen entry's key: the session id and this
 
 
 def now_ms() -> float:
@@ -106,7 +113,8 @@ def start_login(state: MeshState, username: str) -> None:
     if regenerate is not None:
         regenerate()
     session[TOKEN] = created["token"]
-    session[LEFT_AT_LOGIN] = session[LEFT_WHEN_SEEN] = _left_ms(created["expires"])
+    session[LEFT_AT_LOGIN] = left = _left_ms(created["expires"])
+    _save_seen(state, left)
     if isinstance(old, str) and old != created["token"]:
         revoke(state, old)
 
@@ -123,20 +131,48 @@ def end_login(state: MeshState) -> None:
     token = session.get(TOKEN)
     if isinstance(token, str):
         revoke(state, token)
-    session.clear()
+    session.clear()  # saving an emptied session destroys it, and its last-seen entry, everywhere
 
 
 def _within_lifetimes(state: MeshState, found: dict[str, Any]) -> bool:
     """Whether the login just looked up is within its idle and absolute lifetimes; if not, end it."""
-    at_login, when_seen = session.get(LEFT_AT_LOGIN), session.get(LEFT_WHEN_SEEN)
+    at_login, when_seen = session.get(LEFT_AT_LOGIN), _load_seen(state)
     left = _left_ms(found["expires"])
     if (not (_is_ms(at_login) and _is_ms(when_seen))
             or when_seen - left > state.idle_s * 1000 or at_login - left > state.absolute_s * 1000):
         end_login(state)
         return False
     if when_seen - left >= refresh_every(state.idle_s) * 1000:
-        session[LEFT_WHEN_SEEN] = left
+        _save_seen(state, left)
     return True
+
+
+def _sid() -> str | None:
+    sid = getattr(session, "sid", None)
+    return sid if isinstance(sid, str) else None
+
+
+def _load_seen(state: MeshState) -> Any:
+    """The last-seen remaining lifetime, from the mirror (the daemon when the mirror cannot vouch), or None."""
+    sid = _sid()
+    if sid is None:
+        return None
+    data = state.mirror.session_data(sid + SEEN_SUFFIX)
+    if data is UNKNOWN:
+        found = state.call("session_data_get", sid=sid + SEEN_SUFFIX)
+        data = None if found is None else found["data"]
+    return None if data is None else msgpack.unpackb(data)
+
+
+def _save_seen(state: MeshState, left: int) -> None:
+    """Write the last-seen entry now (not at the end of the request): it never touches the session itself."""
+    sid = _sid()
+    if sid is None:
+        return
+    data = msgpack.packb(left)
+    written = state.call("session_data_put", sid=sid + SEEN_SUFFIX, data=data,
+                         ttl_s=state.idle_s + refresh_every(state.idle_s) + 60)
+    state.mirror.session_data_written(sid + SEEN_SUFFIX, written, data)
 
 
 def _left_ms(expires_ms: float) -> int:

@@ -16,7 +16,8 @@ Semantics, as docs/flask.md states them:
   edited concurrently in ``mesh.records``.
 - **A size limit.**  At most ``SESSION_DATA_MAX`` bytes packed; more raises
   ``SessionTooLarge`` when the request ends.
-- **Lifetime.**  Data lives ``--session-idle`` (and a little more) from its last save; a login
+- **Lifetime.**  A login's session lives as long as the login may; a visitor's
+  ``--session-idle`` (and a little more) from its last save; a login
   moves it to a fresh id and destroys the old one; a logout destroys it on
   every node, and a destroyed id never comes back (a tombstone beats it).
 - The cookie's signature has no timestamp: lifetimes are judged server-side,
@@ -36,7 +37,7 @@ from werkzeug.datastructures import CallbackDict
 
 from logonmesh.daemon.kinds import SESSION_DATA_MAX
 from logonmesh.flask.errors import MeshUnavailable, Refused, SessionTooLarge
-from logonmesh.flask.login import refresh_every
+from logonmesh.flask.login import SEEN_SUFFIX, TOKEN, refresh_every
 from logonmesh.flask.mirror import UNKNOWN
 from logonmesh.flask.state import EXTENSION, MeshState
 
@@ -44,11 +45,18 @@ SID_BYTES = 32
 SIGNER_SALT = b"logonmesh/session-id"
 
 
-def data_ttl_s(idle_s: int) -> int:
-    """How long a session's data outlives its last save: the idle lifetime, plus the idle stamp's refresh
-    period and a minute, so a request in that window finds the data and ends the login explicitly (revoking
-    its token everywhere) rather than finding nothing."""
-    return idle_s + refresh_every(idle_s) + 60
+def data_ttl_s(state: MeshState, session: "MeshSession") -> int:
+    """How long a session's data outlives its last save.
+
+    A login's session is saved rarely (activity moves its last-seen entry,
+    not the session), so it lives as long as the login may (the absolute
+    lifetime) and the idle check ends it.  A session without a login (a
+    visitor's CSRF secret) lives the idle lifetime, plus the refresh period
+    and a minute: visitors cannot fill every node's memory for a day.
+    """
+    if TOKEN in session:
+        return state.absolute_s + 60
+    return state.idle_s + refresh_every(state.idle_s) + 60
 
 
 def new_sid() -> str:
@@ -63,6 +71,7 @@ class MeshSession(CallbackDict, SessionMixin):
         def changed(session: "MeshSession") -> None:
             session.modified = True
             session.accessed = True
+            session.check_size()
         super().__init__(initial, changed)
         self.sid = sid or new_sid()
         self.new = new
@@ -70,11 +79,35 @@ class MeshSession(CallbackDict, SessionMixin):
         self.reachable = reachable      # False: the daemon could not be asked; nothing is saved
         self.destroyed: list[str] = []  # ids to destroy everywhere at save (a logout, or a login's old id)
 
+    def check_size(self) -> None:
+        """Refuse, in the view that set it (so the app's handler or a 413 answers), a session over the limit.
+
+        The value stays out of the mesh: the session is not saved.  (A nested
+        change, ``session["list"].append(…)``, is only seen when the request
+        ends; over the limit then, it is refused with a 500 and logged.)
+        """
+        size = _packed_size(self)
+        if size > SESSION_DATA_MAX:
+            self.reachable = False  # nothing of this request's session is saved
+            raise SessionTooLarge(_too_large(size))
+
     def regenerate(self) -> None:
         """A fresh id for the same data (a login): the old id's data is destroyed when the request ends."""
         if not self.new:
             self.destroyed.append(self.sid)
         self.sid, self.new, self.modified = new_sid(), True, True
+
+
+def _packed_size(session: "MeshSession") -> int:
+    try:
+        return len(msgpack.packb(dict(session), use_bin_type=True))
+    except (TypeError, ValueError, OverflowError):
+        return 0  # refused at save, with its own message
+
+
+def _too_large(size: int) -> str:
+    return (f"flask.session holds {size} bytes packed; a logonmesh session holds at most {SESSION_DATA_MAX}. "
+            "Keep bulky data in mesh.records.")
 
 
 class MeshSessionInterface(SessionInterface):
@@ -102,7 +135,7 @@ class MeshSessionInterface(SessionInterface):
             return MeshSession(sid=sid, reachable=False)  # looks logged out; writes answer 503
         if data is None:
             return MeshSession(new=True)  # destroyed or expired: a new id, never the old one again
-        return MeshSession(msgpack.unpackb(data, raw=False), sid=sid)
+        return MeshSession(msgpack.unpackb(data, raw=False, strict_map_key=False), sid=sid)
 
     def _load(self, state: MeshState, sid: str) -> bytes | None:
         data = state.mirror.session_data(sid)
@@ -138,13 +171,17 @@ class MeshSessionInterface(SessionInterface):
             response.vary.add("Cookie")
 
     def _store(self, state: MeshState, session: MeshSession) -> None:
-        data = msgpack.packb(dict(session), use_bin_type=True)
+        try:
+            data = msgpack.packb(dict(session), use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise Refused(f"flask.session holds a value msgpack cannot carry ({exc})") from None
         if len(data) > SESSION_DATA_MAX:
-            raise SessionTooLarge(f"flask.session holds {len(data)} bytes packed; a logonmesh session holds at "
-                                  f"most {SESSION_DATA_MAX}. Keep bulky data in mesh.records.")
-        written = state.call("session_data_put", sid=session.sid, data=data, ttl_s=data_ttl_s(state.idle_s))
+            raise SessionTooLarge(_too_large(len(data)))
+        written = state.call("session_data_put", sid=session.sid, data=data, ttl_s=data_ttl_s(state, session))
         state.mirror.session_data_written(session.sid, written, data)
 
     def _destroy(self, state: MeshState, sid: str) -> None:
-        destroyed = state.call("session_data_delete", sid=sid)
-        state.mirror.session_data_destroyed(sid, destroyed["expires"])
+        """The session and its last-seen entry, gone on every node (a tombstone beats any copy)."""
+        for key in (sid, sid + SEEN_SUFFIX):
+            destroyed = state.call("session_data_delete", sid=key)
+            state.mirror.session_data_destroyed(key, destroyed["expires"])

@@ -17,6 +17,7 @@ so that the guessing is quick; every test starts with the address's count at 0.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from html.parser import HTMLParser
@@ -296,16 +297,28 @@ def read_session(cluster: LocalCluster, b: Browser) -> dict[str, Any]:
 
 def write_session(cluster: LocalCluster, sid: str, data: dict[str, Any]) -> None:
     """Put this content under the session id, on every node (a member's write), and wait until all have it."""
+    write_raw(cluster, sid, data)
+
+
+def read_seen(cluster: LocalCluster, b: Browser) -> Any:
+    """The session's last-seen entry (how long the login had left when last seen), as the daemons hold it."""
+    found = cluster.nodes[0].call("session_data_get", sid=sid_of(cluster, b) + login.SEEN_SUFFIX)
+    return None if found is None else msgpack.unpackb(found["data"])
+
+
+def write_raw(cluster: LocalCluster, sid: str, data: Any) -> None:
     packed = msgpack.packb(data)
     cluster.nodes[0].call("session_data_put", sid=sid, data=packed, ttl_s=IDLE_S * 2)
     for node in cluster.nodes:
         eventually(lambda: (node.call("session_data_get", sid=sid) or {}).get("data") == packed, timeout=5)
 
 
-def planted(cluster: LocalCluster, data: dict[str, Any]) -> str:
-    """A cookie naming a fresh session that holds ``data``."""
-    sid = uuid.uuid4().hex + uuid.uuid4().hex
+def planted(cluster: LocalCluster, data: dict[str, Any], seen: Any = None) -> str:
+    """A cookie naming a fresh session that holds ``data`` (and, if given, this last-seen entry)."""
+    sid = secrets.token_urlsafe(32)
     write_session(cluster, sid, data)
+    if seen is not None:
+        write_raw(cluster, sid + login.SEEN_SUFFIX, seen)
     return signer(cluster).sign(sid).decode()
 
 
@@ -324,8 +337,7 @@ def malformed_cookies(cluster: LocalCluster, valid: str) -> dict[str, str]:
         "huge": "A" * 4000, "an id no node knows": signer(cluster).sign("x" * 43).decode(),
         "not even an id": signer(cluster).sign("../../etc").decode(),
         "token not a string": planted(cluster, {login.TOKEN: ["a", "list"]}),
-        "stamps not numbers": planted(cluster, {login.TOKEN: "x" * 43, login.LEFT_WHEN_SEEN: "soon",
-                                                login.LEFT_AT_LOGIN: None}),
+        "stamps not numbers": planted(cluster, {login.TOKEN: "x" * 43, login.LEFT_AT_LOGIN: None}, seen="soon"),
         "no stamps": planted(cluster, {login.TOKEN: "x" * 43}),
         "foreign return path": planted(cluster, {login.RETURN_PATH: "//evil.example"}),
     }
@@ -362,9 +374,8 @@ def test_an_idle_session_is_logged_out_and_its_token_revoked(local_cluster: Loca
     of the session's lifetime was left when it was last seen."""
     n1, n2 = nodes
     b, _, token = logged_in(n1)
-    state = read_session(local_cluster, b)
-    away = dict(state, **{login.LEFT_WHEN_SEEN: state[login.LEFT_WHEN_SEEN] + (IDLE_S + 2) * 1000})
-    write_session(local_cluster, sid_of(local_cluster, b), away)
+    seen = read_seen(local_cluster, b)
+    write_raw(local_cluster, sid_of(local_cluster, b) + login.SEEN_SUFFIX, seen + (IDLE_S + 2) * 1000)
     resp = b.at(n2.url).get("/budget")
     assert (resp.status_code, resp.headers["Location"]) == (302, "/")
     for node in (n1, n2):
@@ -388,12 +399,11 @@ def test_activity_keeps_a_session_alive(local_cluster: LocalCluster, nodes: tupl
     """A request within the idle lifetime is served and moves an old last-seen stamp forward."""
     n1, n2 = nodes
     b, _, _ = logged_in(n1)
-    state = read_session(local_cluster, b)
-    old_stamp = state[login.LEFT_WHEN_SEEN] + (IDLE_S - 30) * 1000
-    write_session(local_cluster, sid_of(local_cluster, b), dict(state, **{login.LEFT_WHEN_SEEN: old_stamp}))
+    seen = read_seen(local_cluster, b)
+    old_stamp = seen + (IDLE_S - 30) * 1000
+    write_raw(local_cluster, sid_of(local_cluster, b) + login.SEEN_SUFFIX, old_stamp)
     assert b.at(n2.url).get("/budget").status_code == 200
-    eventually(lambda: read_session(local_cluster, b)[login.LEFT_WHEN_SEEN] <= state[login.LEFT_WHEN_SEEN],
-               timeout=5)
+    eventually(lambda: read_seen(local_cluster, b) <= seen, timeout=5)
 
 
 # ---- headers and harmless usernames -------------------------------------------------------
