@@ -33,11 +33,13 @@ from bench.common import RESULTS, machine, median, pct
 QUICK = dict(prop_n=200, prop_rate=500, prop_nodes=(2,), prop_repeat=1,
              page_repeat=1, page_s=1, reg_s=2, hash_s=1, boot_n=10_000, boot_repeat=1,
              scale_sizes=(2,), scale_idle_s=1, scale_settle_s=0.2, fail_heartbeat_ms=200, fail_sessions=100,
-             heal_sizes=(10_000,), heal_diffs=(10,), heal_repeat=1, profile=False)
+             heal_sizes=(10_000,), heal_diffs=(10,), heal_repeat=1, sess_rounds=3, sess_calls=50, sess_writes=30,
+             profile=False)
 FULL = dict(prop_n=5000, prop_rate=500, prop_nodes=(2, 8), prop_repeat=3,
             page_repeat=3, page_s=10, reg_s=10, hash_s=5, boot_n=100_000, boot_repeat=3,
             scale_sizes=(2, 4, 8, 16), scale_idle_s=5, scale_settle_s=3, fail_heartbeat_ms=1000, fail_sessions=1000,
-            heal_sizes=(10_000, 100_000, 1_000_000), heal_diffs=(10, 1000), heal_repeat=3, profile=True)
+            heal_sizes=(10_000, 100_000, 1_000_000), heal_diffs=(10, 1000), heal_repeat=3,
+            sess_rounds=20, sess_calls=300, sess_writes=300, profile=True)
 
 
 def ok(cond: bool) -> str:
@@ -260,6 +262,51 @@ def rows_heal(f: dict) -> list[list[str]]:
     return out
 
 
+# ---- figure 7 ---------------------------------------------------------------------------
+
+def fig_sessions(cfg: dict, tick) -> dict:
+    from bench.hops import redis_reachable
+    from bench.sessions import run
+    redis_why = redis_reachable()
+    out = run(cfg["sess_rounds"], cfg["sess_calls"], cfg["sess_writes"], redis_why is None, tick)
+    out["redis_skipped"] = redis_why
+    return out
+
+
+def rows_sessions(f: dict) -> list[list[str]]:
+    r, p = f["read"], f["propagation"]
+    s = {name: median(x) for name, x in r["samples_us"].items()}
+    size = r["cookie_bytes"]
+    n = len(r["samples_us"]["mesh"])
+    base = f"Flask's signed cookie (SecureCookieSessionInterface): {s['cookie']:.1f} µs ({size['cookie']} B cookie)"
+    ratio = f"{s['mesh'] / s['cookie']:.2f}× cookie"
+    if "redis" in s:
+        base += f"; Redis GET + pickle.loads (Flask-Session way): {s['redis']:.1f} µs"
+        ratio += f"; {s['mesh'] / s['redis']:.2f}× Redis"
+    else:
+        base += f"; Redis: skipped ({f['redis_skipped']})"
+    lag = f" (mirror not current after {r['mirror_not_current_after_rounds']} of {r['rounds']} rounds)" \
+        if r["mirror_not_current_after_rounds"] else ""
+    rows = [[f"7. Read flask.session per request, in process: open_session + one value "
+             f"({n:,} reads, {r['rounds']} interleaved rounds, median)",
+             f"{s['mesh']:.1f} µs (mirror current; {size['mesh']} B cookie){lag}", base, ratio, "—"],
+            ["7b. same, mirror not current (one session_data_get round trip per read)",
+             f"{s['roundtrip']:.1f} µs", "as above",
+             f"{s['roundtrip'] / s['cookie']:.2f}× cookie; the mirror is {s['roundtrip'] / s['mesh']:.1f}× "
+             f"faster ({s['roundtrip'] - s['mesh']:.0f} µs saved per read)", "—"]]
+    cross, local = p["cross_ms"], p["local_ms"]
+    missed = p["missed"]["cross_ms"] + p["missed"]["local_ms"]
+    first = sum(1 for k in p["cross_reads"] if k == 1) / len(p["cross_reads"])
+    rows.append([f"7c. Session write on node 1 → first read on node 2 that shows it, HTTP, 2 nodes "
+                 f"({len(cross)} writes" + (f", {missed} not read within 5 s" if missed else "") + ")",
+                 f"p50 {pct(cross, 50):.2f} ms, p99 {pct(cross, 99):.2f} ms "
+                 f"({100 * first:.0f}% seen by the first read on node 2)",
+                 f"write → read on node 1 alone: p50 {pct(local, 50):.2f} ms, p99 {pct(local, 99):.2f} ms",
+                 f"p50 {pct(cross, 50) / pct(local, 50):.2f}×, p99 {pct(cross, 99) / pct(local, 99):.2f}× one node "
+                 f"(+{pct(cross, 50) - pct(local, 50):.2f} ms at p50)", "—"])
+    return rows
+
+
 # ---- profiles -----------------------------------------------------------------------------
 
 def fig_profiles(cfg: dict, tick) -> dict:
@@ -321,6 +368,8 @@ FIGURES = [
     ("4", "boot", fig_boot, rows_boot, lambda c: c["boot_repeat"]),
     ("5", "scale", fig_scale, rows_scale, lambda c: len(c["scale_sizes"])),
     ("6", "heal cost", fig_heal, rows_heal, lambda c: len(c["heal_sizes"]) * len(c["heal_diffs"])),
+    ("7", "server-side session", fig_sessions, rows_sessions,
+     lambda c: c["sess_rounds"] + c["sess_writes"] // 100 + 1),
     ("p", "profiles", fig_profiles, None, lambda c: 3 if c["profile"] else 0),
 ]
 
