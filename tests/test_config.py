@@ -231,12 +231,16 @@ def test_a_mistyped_db_is_one_line_and_exit_2_everywhere(short_dir, command):
 
 
 def start_daemon(name: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "logonmesh", "daemon", "--name", name], env=env,
+    """With the usual umask (022), so a file the daemon does not make private on purpose is world-readable."""
+    return subprocess.Popen([sys.executable, "-m", "logonmesh", "daemon", "--name", name], env=env, umask=0o022,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
 def test_cookie_file_and_run_dir_made_by_real_daemons(short_dir):
-    """No cookie given: the first daemon writes var/cookie (0600) beside the db, the second reuses it."""
+    """No cookie given: the first daemon writes var/cookie (0600) beside the db, the second reuses it.
+
+    The database holds password hashes: it and its WAL and shared-memory files are born 0600 as well.
+    """
     env = base_env(short_dir, LOGONMESH_HEARTBEAT_MS="100", LOGONMESH_DISCOVERY_MS="200")
     run_dir, cookie_path = os.path.join(short_dir, "run"), os.path.join(short_dir, "cookie")
     procs = [start_daemon("c1", env)]
@@ -245,6 +249,9 @@ def test_cookie_file_and_run_dir_made_by_real_daemons(short_dir):
         assert stat.S_IMODE(os.stat(cookie_path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(os.path.join(run_dir, "c1.ipc")).st_mode) == 0o600
+        db = env["LOGONMESH_DB"]
+        modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in (db, f"{db}-wal", f"{db}-shm")}
+        assert modes == dict.fromkeys(modes, 0o600)
         cookie = open(cookie_path, "rb").read().strip()
         procs.append(start_daemon("c2", env))
         clients = [DaemonClient(os.path.join(run_dir, f"{n}.ipc"), cookie) for n in ("c1", "c2")]
