@@ -458,6 +458,17 @@ def test_errors_are_one_line_and_exit_2(cluster, args, text):
     one_line_error(run(cluster, *args), 2, text)
 
 
+def test_bare_logonmesh_prints_the_usage_and_the_subcommands_and_exits_0(tmp_path):
+    """Like bare ``git``: to stdout, no "logonmesh:" prefix, no option list, exit 0."""
+    proc = subprocess.run([EXE], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("Usage: logonmesh ")
+    listed = {line.split()[0] for line in lines if line.startswith("  ")}
+    assert listed == {"cache", "daemon", "heal", "monitor", "partition", "peers", "ping", "status", "tap", "web"}
+    assert "Options:" not in proc.stdout and "logonmesh --help" in lines[-1]
+
+
 def test_no_cookie_anywhere_is_an_error_not_a_new_cookie(cluster):
     env = {k: v for k, v in cluster.env.items() if k != "LOGONMESH_COOKIE"}
     proc = subprocess.run([EXE, "status"], env=env, cwd=cluster.dir, capture_output=True, text=True, timeout=30)
