@@ -43,11 +43,21 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> N
     assert "Traceback" not in proc.stderr
 
 
+def default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default.
+
+    A runner started as a background job (``pytest &``) has SIGINT ignored and
+    its children inherit that, so Python would install no KeyboardInterrupt
+    handler and a test's Ctrl-C would do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Stream:
     """A long-running subcommand whose stdout and stderr lines are read as they come."""
 
     def __init__(self, c: LocalCluster, *args: str) -> None:
-        self.proc = subprocess.Popen([EXE, *args], env=c.env, cwd=c.dir, text=True,
+        self.proc = subprocess.Popen([EXE, *args], env=c.env, cwd=c.dir, text=True, preexec_fn=default_sigint,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()
