@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -550,6 +551,45 @@ def test_monitor_shows_that_a_restarted_peer_is_no_longer_dialled_at_its_old_end
                 mon.wait_out(lambda line: old_bus in line, timeout=1.5)  # libzmq retries every ~100 ms
         finally:
             mon.kill()
+
+
+def test_a_node_that_leaves_cleanly_is_left_at_once_and_nothing_dials_it():
+    """SIGTERM: its goodbye makes it "left" (exit 0) well before it could be judged down (5 s here), and
+    `monitor` shows no retry towards its dead ports (libzmq would retry every ~100 ms)."""
+    with LocalCluster(heartbeat_ms=100, down_after=50) as c:
+        n1, n2 = c.start_nodes("n", 2, web=False)
+        gone = n2.status()
+        mon = Stream(c, "monitor", "--json", "--node", "n1")
+        try:
+            mon.wait_err("listening")
+            stopped_at = time.monotonic()
+            assert n2.daemon.stop() == 0
+
+            def left() -> None:
+                proc = run(c, "peers")
+                assert proc.returncode == 0, proc.stdout
+                assert re.search(r"^n2\s+left\s", proc.stdout, re.M) and "n2 left the cluster" in proc.stdout
+                assert "0 down, 1 left" in proc.stdout
+
+            eventually(left, timeout=4)
+            assert time.monotonic() - stopped_at < 4  # the down limit is 5 s: this was the goodbye
+            view = json.loads(run(c, "peers", "--json").stdout)
+            n2_view = next(p for p in view["peers"] if p["name"] == "n2")
+            assert (view["healthy"], n2_view["state"], n2_view["up"]) == (True, "left", False)
+            assert n1.status()["stats"]["peers_left"] == 1
+            with pytest.raises(AssertionError, match="no such line"):
+                mon.wait_out(lambda line: "CONNECT_RETRIED" in line
+                             and (gone["bus"] in line or gone["peer"] in line), timeout=1.5)
+        finally:
+            mon.kill()
+        n2.start()  # a restart brings it back as a new incarnation
+        c.wait_ready([n2])
+
+        def up_again() -> None:
+            proc = run(c, "peers")
+            assert proc.returncode == 0 and re.search(r"^n2\s+up\s", proc.stdout, re.M), proc.stdout
+
+        eventually(up_again, timeout=10)
 
 
 def test_tap_and_ping_speak_curve_when_the_cluster_does():
