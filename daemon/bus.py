@@ -12,6 +12,7 @@ import zmq
 from logonmesh.daemon.curve import Curve
 
 BUS_HWM = 100_000  # a burst of merges should queue, not silently vanish at the default 1000
+BYE_LINGER_MS = 200  # how long closing waits for the last message (the goodbye) to leave
 
 
 def advertised(endpoint: str, host: str | None) -> str:
@@ -62,5 +63,6 @@ class Bus:
                 pass
 
     def close(self) -> None:
-        self.pub.close(linger=0)
+        # a short linger: the "bye" published just before must still leave (nothing else is pending then)
+        self.pub.close(linger=BYE_LINGER_MS)
         self.sub.close(linger=0)

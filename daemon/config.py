@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from logonmesh.discovery import NAME_RE, is_networked, normalise
+from logonmesh.discovery import NAME_RE, is_networked, missing_folder, normalise
 
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the NUL
 
@@ -243,6 +243,7 @@ def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None
     cli = cli or {}
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    db_source = ""
     for opt in OPTIONS:
         raw = cli.get(opt.name)
         source = opt.flag
@@ -251,12 +252,15 @@ def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None
         if raw is None:
             values[opt.name] = opt.default
             continue
+        if opt.name == "db":
+            db_source = source
         try:
             values[opt.name] = opt.parse(str(raw))
         except ValueError as exc:
             where = f"{opt.flag} / {opt.env}" if source == opt.flag else f"{opt.env} (or {opt.flag})"
             raise ConfigError(f"{where}: {exc}") from None
     values["db"] = normalise(values["db"])  # the default too (parsers see only given values); idempotent
+    _check_db_folder(values["db"], db_source)
     values["run_dir"] = os.path.abspath(values["run_dir"])
     settings = Settings(**{f.name: values[f.name] for f in fields(Settings) if f.name in values})
     if require_name:
@@ -266,6 +270,23 @@ def load(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None
                 f"--run-dir / LOGONMESH_RUN_DIR: the ipc path {settings.ipc_path} is "
                 f"{len(settings.ipc_path.encode())} bytes; Linux allows {IPC_PATH_MAX}. Use a shorter run dir.")
     return settings
+
+
+def _check_db_folder(db: str, source: str) -> None:
+    """Only the default folder (``var/``) is made on first use; a given path must name a folder that exists.
+
+    ``source`` is the flag or variable the setting came from ("" for the
+    default).  The default location given explicitly (the web process gets
+    every setting as a variable) counts as the default.
+    """
+    folder = missing_folder(db)
+    if folder is None or not source:
+        return
+    if folder == os.path.dirname(os.path.abspath(OPTIONS_BY_NAME["db"].default)):
+        return
+    where = "--db / LOGONMESH_DB" if source == "--db" else "LOGONMESH_DB (or --db)"
+    raise ConfigError(f"{where}: the folder {folder} does not exist (create it first, or fix the path); "
+                      f"only the default {OPTIONS_BY_NAME['db'].default} is made on first use")
 
 
 def resolve_cookie(settings: Settings) -> bytes:

@@ -49,6 +49,16 @@ class Peer:
     beat_gaps: deque[int] = field(default_factory=lambda: deque(maxlen=BEAT_SAMPLES), repr=False)
     clock: Offset = field(default_factory=Offset, repr=False)  # its clock minus ours
     skew_warned_at: float | None = None  # monotonic ms of the last warning that its clock is beyond the maximum
+    left_incarnation: int = 0       # the incarnation that said "bye" (0: it has not left)
+
+    @property
+    def left(self) -> bool:
+        """It said goodbye: not down (nothing is wrong), and not dialled until a new incarnation shows up."""
+        return self.left_incarnation != 0
+
+    @property
+    def state(self) -> str:
+        return "up" if self.up else "left" if self.left else "down"
 
     def beat(self, now: float) -> None:
         """A heartbeat arrived: keep how long it came after the previous one (ms), so a person can see jitter."""
@@ -57,7 +67,8 @@ class Peer:
         self.last_beat = now
 
     def view(self, my_digest: bytes, now: float) -> dict[str, Any]:
-        return {"name": self.name, "up": self.up, "bus": self.bus_endpoint, "peer": self.peer_endpoint,
+        return {"name": self.name, "up": self.up, "state": self.state,
+                "bus": self.bus_endpoint, "peer": self.peer_endpoint,
                 "incarnation": self.bus_incarnation or self.incarnation, "last_seq": self.last_seq,
                 "digest_match": bool(self.digest) and self.digest == my_digest,
                 "heard_ms_ago": round(now - self.last_heard) if self.last_heard else None,
@@ -78,12 +89,15 @@ class Membership:
     def learn(self, name: str, bus: str, peer_endpoint: str, incarnation: int) -> tuple[Peer, bool]:
         """Add or refresh a peer; returns (peer, is_new_or_moved) so the caller can (re)connect to it."""
         peer = self.peers.get(name)
-        if peer is not None and (peer.bus_endpoint, peer.peer_endpoint) == (bus, peer_endpoint):
+        if peer is not None and peer.left and incarnation <= peer.left_incarnation:
+            peer.in_registry = True  # the row of the life that left, not withdrawn yet: nothing to dial
+            return peer, False
+        if peer is not None and not peer.left and (peer.bus_endpoint, peer.peer_endpoint) == (bus, peer_endpoint):
             peer.incarnation = max(peer.incarnation, incarnation)
             peer.in_registry = True
             return peer, False
         fresh = Peer(name, bus, peer_endpoint, incarnation)
-        if peer is not None:  # moved (restarted): keep what we knew of its liveness
+        if peer is not None:  # moved or back after leaving (restarted): keep what we knew of its liveness
             fresh.up, fresh.last_heard, fresh.lost_at = peer.up, peer.last_heard, peer.lost_at
         self.peers[name] = fresh
         return fresh, True
@@ -102,7 +116,7 @@ class Membership:
             peer, changed = self.learn(row.id, row.bus_endpoint, row.peer_endpoint, row.incarnation)
             if changed:
                 fresh.append(peer)
-                if old is not None:
+                if old is not None and not old.left:  # a peer that left was unfollowed already
                     moved_from.append(old)
         for peer in self.peers.values():
             if peer.name not in seen and peer.in_registry:
@@ -118,6 +132,13 @@ class Membership:
         peer.up, peer.lost_at, peer.change_reason = True, None, "heartbeat"
         log.info("peer %s up (heard on the bus)", peer.name)
         return True
+
+    def mark_left(self, peer: Peer, incarnation: int, now: float) -> None:
+        """The peer said goodbye on its bus before it stopped: a clean leave, at once, not a failure."""
+        log.info("peer %s left the cluster", peer.name)
+        peer.up, peer.lost_at, peer.change_reason = False, now, "left the cluster"
+        peer.left_incarnation = max(incarnation, 1)
+        peer.mismatches = 0
 
     def mark_down(self, peer: Peer, reason: str, now: float) -> None:
         if peer.up:

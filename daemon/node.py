@@ -308,6 +308,7 @@ class Daemon:
 
     def close(self) -> None:
         log.info("node %s leaving the cluster", self.name)
+        self._publish("bye", {})  # first: the peers mark us "left" at once and stop dialling us
         try:
             res = self._resources()
             res.registry.withdraw(self.name, self.incarnation)

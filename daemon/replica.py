@@ -146,7 +146,8 @@ class Replica:
         effects: list[Effect] = []
         for peer in gone:
             log.info("forgetting lost peer %s", peer.name)
-            effects += [Unfollow(peer.bus_endpoint), CloseDealer(peer.name)]
+            if not peer.left:  # a peer that left was let go of when it said goodbye
+                effects += [Unfollow(peer.bus_endpoint), CloseDealer(peer.name)]
         return effects
 
     def poll(self) -> list[Effect]:
@@ -173,7 +174,8 @@ class Replica:
             effects += self._send(peer, ("announce", self._announcement()))
         now = self.clock.mono_ms()
         for peer in withdrawn:
-            self.membership.mark_down(peer, "left the registry", now)
+            if not peer.left:  # one that said goodbye stays "left"
+                self.membership.mark_down(peer, "left the registry", now)
             effects.append(AdoptUsers(peer.name))
         return effects
 
@@ -257,6 +259,8 @@ class Replica:
         if reason == "replay":
             return effects
         now = self.clock.mono_ms()
+        if env.type == "bye":
+            return effects + self._on_bye(peer, env, now)
         came_up = self.membership.heard(peer, now)
         self._clock_sample(peer, env)
         if env.type == "merge":
@@ -270,6 +274,16 @@ class Replica:
         if reason:
             effects += self.request_repair(peer, reason)
         return effects
+
+    def _on_bye(self, peer: Peer, env: wire.Envelope, now: float) -> list[Effect]:
+        """A clean leave (SIGTERM): mark it left at once, and stop dialling its bus and its router.
+
+        A new incarnation of it (a restart) announces itself or heartbeats, and
+        is learnt again as a new peer.
+        """
+        self.membership.mark_left(peer, env.incarnation, now)
+        self.stats["peers_left"] += 1
+        return [Unfollow(peer.bus_endpoint), CloseDealer(peer.name)]
 
     def on_peer_request(self, env: wire.Envelope, size: int) -> list[Effect]:
         """A request on our router; a ``Reply`` effect, if any, answers it."""
@@ -334,7 +348,7 @@ class Replica:
         peer, effects = self._learn(env.sender, env.payload["bus"], env.payload["peer"], env.incarnation)
         if effects:
             log.info("peer %s announced itself", env.sender)
-            if before is not None and before.bus_endpoint != peer.bus_endpoint:
+            if before is not None and not before.left and before.bus_endpoint != peer.bus_endpoint:
                 effects.append(Unfollow(before.bus_endpoint))  # it restarted: stop dialling its dead PUB
         return effects + [Follow(peer.bus_endpoint), Reply("ack", {})]
 

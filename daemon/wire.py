@@ -55,7 +55,7 @@ ERROR_CODES = frozenset({
 })
 
 # Which types may arrive where; anything else is refused as "wrong_socket".
-BUS_TYPES = frozenset({"hb", "merge"})
+BUS_TYPES = frozenset({"hb", "merge", "bye"})
 PEER_REQUESTS = frozenset({"announce", "tree_req", "diff_req", "push", "sync_req", "ping"})
 PEER_REPLIES = frozenset({"ack", "tree_rep", "diff_rep", "sync_rep", "pong"})
 
@@ -64,6 +64,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # bus (PUB/SUB)
     "hb": {"size": int, "digest": bytes, "bus": str, "peer": str},
     "merge": {"entries": list},
+    "bye": {},                                          # the last message of a daemon that leaves cleanly
     # peer socket (DEALER -> ROUTER and back)
     "announce": {"bus": str, "peer": str},
     "ack": {},

@@ -179,6 +179,20 @@ def file_path(url: str) -> str | None:
     return url[len(SQLITE_PREFIX) - 1:] if url.startswith(SQLITE_PREFIX) else url
 
 
+def missing_folder(url: str) -> str | None:
+    """The folder a SQLite setting's file would live in, when that folder does not exist (else None).
+
+    A mistyped ``--db`` must not quietly start a new, isolated cluster with
+    a cookie of its own: the caller refuses it unless it is the default.
+    Something that exists but is no folder is left to the open, which says so.
+    """
+    path = file_path(url)
+    if path is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    return None if os.path.lexists(folder) else folder
+
+
 def open_registry(url: str, row_ttl_ms: int | None = None) -> Registry:
     """The registry named by the --db setting.
 

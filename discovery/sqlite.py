@@ -44,12 +44,27 @@ def _path(url: str) -> str:
 def open_db(path: str) -> sqlite_utils.Database:
     """Open the shared cluster database for one thread: WAL, a busy timeout, tables present."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _create_private(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=True)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db = sqlite_utils.Database(conn)
     with_retry(lambda: _prepare(db))
     return db
+
+
+def _create_private(path: str) -> None:
+    """Make the file 0600 before SQLite opens it: it holds password hashes.
+
+    SQLite gives the -wal and -shm files the mode of the database file, so
+    these are born 0600 too, with no window of wider access and without
+    touching the process-wide umask that other threads rely on.  An existing
+    file keeps its mode: an operator may have opened it to a group on purpose.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _prepare(db: sqlite_utils.Database) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -43,11 +44,21 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> N
     assert "Traceback" not in proc.stderr
 
 
+def default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default.
+
+    A runner started as a background job (``pytest &``) has SIGINT ignored and
+    its children inherit that, so Python would install no KeyboardInterrupt
+    handler and a test's Ctrl-C would do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Stream:
     """A long-running subcommand whose stdout and stderr lines are read as they come."""
 
     def __init__(self, c: LocalCluster, *args: str) -> None:
-        self.proc = subprocess.Popen([EXE, *args], env=c.env, cwd=c.dir, text=True,
+        self.proc = subprocess.Popen([EXE, *args], env=c.env, cwd=c.dir, text=True, preexec_fn=default_sigint,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()
@@ -447,7 +458,8 @@ def _assert_rc(proc: subprocess.CompletedProcess, code: int) -> None:
     (["ping"], "Missing argument 'NAME'"),
     (["partition", "n9"], "unknown node n9 (known: n1, n2)"),
     (["partition", "n1", "--from", "n1"], "a node cannot be cut from itself"),
-    (["peers", "--db", "/nonexistent/cluster.db"], "no cluster database at /nonexistent/cluster.db"),
+    (["peers", "--db", "/nonexistent/cluster.db"], "the folder /nonexistent does not exist"),
+    (["peers", "--db", "/tmp/no-such-cluster.db"], "no cluster database at /tmp/no-such-cluster.db"),
     (["status", "--run-dir", "/nonexistent"], "no daemon is running (no socket in /nonexistent)"),
     (["heal", "--run-dir", "/nonexistent"], "no daemon is running (no socket in /nonexistent)"),
     (["status", "--cookie", "not-the-cookie"], "the daemon of node n1 did not answer within 2000 ms"),
@@ -455,6 +467,17 @@ def _assert_rc(proc: subprocess.CompletedProcess, code: int) -> None:
 ])
 def test_errors_are_one_line_and_exit_2(cluster, args, text):
     one_line_error(run(cluster, *args), 2, text)
+
+
+def test_bare_logonmesh_prints_the_usage_and_the_subcommands_and_exits_0(tmp_path):
+    """Like bare ``git``: to stdout, no "logonmesh:" prefix, no option list, exit 0."""
+    proc = subprocess.run([EXE], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("Usage: logonmesh ")
+    listed = {line.split()[0] for line in lines if line.startswith("  ")}
+    assert listed == {"cache", "daemon", "heal", "monitor", "partition", "peers", "ping", "status", "tap", "web"}
+    assert "Options:" not in proc.stdout and "logonmesh --help" in lines[-1]
 
 
 def test_no_cookie_anywhere_is_an_error_not_a_new_cookie(cluster):
@@ -528,6 +551,45 @@ def test_monitor_shows_that_a_restarted_peer_is_no_longer_dialled_at_its_old_end
                 mon.wait_out(lambda line: old_bus in line, timeout=1.5)  # libzmq retries every ~100 ms
         finally:
             mon.kill()
+
+
+def test_a_node_that_leaves_cleanly_is_left_at_once_and_nothing_dials_it():
+    """SIGTERM: its goodbye makes it "left" (exit 0) well before it could be judged down (5 s here), and
+    `monitor` shows no retry towards its dead ports (libzmq would retry every ~100 ms)."""
+    with LocalCluster(heartbeat_ms=100, down_after=50) as c:
+        n1, n2 = c.start_nodes("n", 2, web=False)
+        gone = n2.status()
+        mon = Stream(c, "monitor", "--json", "--node", "n1")
+        try:
+            mon.wait_err("listening")
+            stopped_at = time.monotonic()
+            assert n2.daemon.stop() == 0
+
+            def left() -> None:
+                proc = run(c, "peers")
+                assert proc.returncode == 0, proc.stdout
+                assert re.search(r"^n2\s+left\s", proc.stdout, re.M) and "n2 left the cluster" in proc.stdout
+                assert "0 down, 1 left" in proc.stdout
+
+            eventually(left, timeout=4)
+            assert time.monotonic() - stopped_at < 4  # the down limit is 5 s: this was the goodbye
+            view = json.loads(run(c, "peers", "--json").stdout)
+            n2_view = next(p for p in view["peers"] if p["name"] == "n2")
+            assert (view["healthy"], n2_view["state"], n2_view["up"]) == (True, "left", False)
+            assert n1.status()["stats"]["peers_left"] == 1
+            with pytest.raises(AssertionError, match="no such line"):
+                mon.wait_out(lambda line: "CONNECT_RETRIED" in line
+                             and (gone["bus"] in line or gone["peer"] in line), timeout=1.5)
+        finally:
+            mon.kill()
+        n2.start()  # a restart brings it back as a new incarnation
+        c.wait_ready([n2])
+
+        def up_again() -> None:
+            proc = run(c, "peers")
+            assert proc.returncode == 0 and re.search(r"^n2\s+up\s", proc.stdout, re.M), proc.stdout
+
+        eventually(up_again, timeout=10)
 
 
 def test_tap_and_ping_speak_curve_when_the_cluster_does():

@@ -687,8 +687,11 @@ CTRL_C_SCRIPT = """
 
 
 def test_ctrl_c_leaves_nothing() -> None:
+    # SIGINT back to its default in the child: a runner started as a background job has it ignored,
+    # the child would inherit that, and Python would then install no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CTRL_C_SCRIPT)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         info = json.loads(proc.stdout.readline())  # printed once every node is ready
         assert all(_alive(p) for p in info["pids"])

@@ -82,11 +82,12 @@ def test_ipc_path_limit():
     assert "--run-dir" in str(info.value) and "107" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_cookie_file_is_created_private_beside_the_db_and_reused(tmp_path):
-    db = tmp_path / "deep" / "cluster.db"
-    s = config.load({"name": "n1", "db": str(db)}, {})
+def test_cookie_file_is_created_private_beside_the_db_and_reused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default var/, the one folder made on first use
+    db = tmp_path / "var" / "cluster.db"
+    s = config.load({"name": "n1"}, {})
     first = config.resolve_cookie(s)
-    path = tmp_path / "deep" / "cookie"
+    path = tmp_path / "var" / "cookie"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(first) >= 32 and path.read_text().strip().encode() == first
     assert config.resolve_cookie(s) == first
@@ -95,9 +96,27 @@ def test_cookie_file_is_created_private_beside_the_db_and_reused(tmp_path):
 
 
 def test_cookie_files_differ_between_clusters(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     a = config.resolve_cookie(config.load({"db": str(tmp_path / "a" / "c.db")}, {}))
     b = config.resolve_cookie(config.load({"db": str(tmp_path / "b" / "c.db")}, {}))
     assert a != b
+
+
+def test_a_given_db_whose_folder_is_missing_is_refused(tmp_path, monkeypatch):
+    """A typo in --db must not start a new, isolated cluster: the flag and the variable both say so."""
+    monkeypatch.chdir(tmp_path)
+    typo = "no/such/dir/cluster.db"
+    for cli, env, where in (({"db": typo}, {}, "--db / LOGONMESH_DB"), ({}, {"LOGONMESH_DB": typo}, "LOGONMESH_DB")):
+        with pytest.raises(ConfigError) as info:
+            config.load(cli, env)
+        assert str(info.value).startswith(where) and str(tmp_path / "no" / "such" / "dir") in str(info.value)
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "no").exists()
+    assert config.load({}, {}).db == str(tmp_path / "var" / "cluster.db")  # the default: made on first use
+    assert config.load({"db": "var/cluster.db"}, {}).db == str(tmp_path / "var" / "cluster.db")  # given, same
+    (tmp_path / "there").mkdir()
+    assert config.load({"db": "there/c.db"}, {}).db == str(tmp_path / "there" / "c.db")
 
 
 def test_cookie_setting_wins_and_no_file_is_made(tmp_path):
@@ -198,13 +217,30 @@ def test_unusable_resources_are_one_line_and_exit_1(short_dir, what):
     assert not os.path.exists(os.path.join(short_dir, "run", "n1.ipc"))
 
 
+@pytest.mark.parametrize("command", ["daemon", "web", "peers"])
+def test_a_mistyped_db_is_one_line_and_exit_2_everywhere(short_dir, command):
+    """The daemon, the web process and the CLI share the check: nothing starts and no folder is made."""
+    env = base_env(short_dir, LOGONMESH_COOKIE="c")
+    proc = subprocess.run([sys.executable, "-m", "logonmesh", command, "--name", "n1", "--db", "no/such/cluster.db"]
+                          if command != "peers" else [sys.executable, "-m", "logonmesh", command, "--db",
+                                                      "no/such/cluster.db"],
+                          env=env, cwd=short_dir, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    line = assert_one_line(proc, 2, "--db / LOGONMESH_DB", os.path.join(short_dir, "no", "such"), "does not exist")
+    assert "var/cluster.db" in line
+    assert not os.path.exists(os.path.join(short_dir, "no"))
+
+
 def start_daemon(name: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "logonmesh", "daemon", "--name", name], env=env,
+    """With the usual umask (022), so a file the daemon does not make private on purpose is world-readable."""
+    return subprocess.Popen([sys.executable, "-m", "logonmesh", "daemon", "--name", name], env=env, umask=0o022,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
 
 def test_cookie_file_and_run_dir_made_by_real_daemons(short_dir):
-    """No cookie given: the first daemon writes var/cookie (0600) beside the db, the second reuses it."""
+    """No cookie given: the first daemon writes var/cookie (0600) beside the db, the second reuses it.
+
+    The database holds password hashes: it and its WAL and shared-memory files are born 0600 as well.
+    """
     env = base_env(short_dir, LOGONMESH_HEARTBEAT_MS="100", LOGONMESH_DISCOVERY_MS="200")
     run_dir, cookie_path = os.path.join(short_dir, "run"), os.path.join(short_dir, "cookie")
     procs = [start_daemon("c1", env)]
@@ -213,6 +249,9 @@ def test_cookie_file_and_run_dir_made_by_real_daemons(short_dir):
         assert stat.S_IMODE(os.stat(cookie_path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(os.path.join(run_dir, "c1.ipc")).st_mode) == 0o600
+        db = env["LOGONMESH_DB"]
+        modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in (db, f"{db}-wal", f"{db}-shm")}
+        assert modes == dict.fromkeys(modes, 0o600)
         cookie = open(cookie_path, "rb").read().strip()
         procs.append(start_daemon("c2", env))
         clients = [DaemonClient(os.path.join(run_dir, f"{n}.ipc"), cookie) for n in ("c1", "c2")]

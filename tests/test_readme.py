@@ -75,3 +75,13 @@ def test_the_flask_app_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     tests = [fn for name, fn in scope.items() if name.startswith("test_")]
     assert len(tests) == 1
     tests[0]()
+
+
+def test_deploy_holds_its_scale_figures_rather_than_citing_files_a_clone_lacks() -> None:
+    """``bench/results/`` is git-ignored: a doc that took its figures from there must carry them itself."""
+    deploy = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    for cited in re.findall(r"\(`(bench/results/[^`]*)`\)", deploy):
+        raise AssertionError(f"docs/deploy.md cites {cited} as its source, which a clone does not have")
+    rows = re.findall(r"^\| (\d+) \| (SQLite|Redis), heartbeat (1 s|100 ms) \|", deploy, re.M)
+    assert {int(n) for n, db, beat in rows if (db, beat) == ("SQLite", "1 s")} == {2, 4, 8, 16}
+    assert {int(n) for n, db, _ in rows if db == "Redis"} == {16, 32}

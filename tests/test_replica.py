@@ -96,6 +96,10 @@ class Remote:
     def merge(self, entries: list[list]) -> wire.Envelope:
         return self._env(self.bus_codec, "merge", {"entries": entries})
 
+    def bye(self) -> wire.Envelope:
+        """Its last bus message, as it leaves cleanly (SIGTERM)."""
+        return self._env(self.bus_codec, "bye", {})
+
     def direct(self, type_: str, payload: dict) -> wire.Envelope:
         return self._env(self.direct_codec, type_, payload)
 
@@ -283,6 +287,67 @@ def test_a_withdrawn_peer_is_marked_down_its_users_adopted_and_later_forgotten()
     clock.advance(STALE_ROW_FACTOR * DOWN_AFTER_MS + 1)
     assert r.liveness() == [Unfollow(bus("b")), CloseDealer("b")]
     assert r.peer_names() == []
+
+
+def peer_view(r: Replica, name: str) -> dict:
+    return next(p for p in r.peers_report()["peers"] if p["name"] == name)
+
+
+def test_a_peer_that_says_bye_is_left_at_once_and_never_dialled_again() -> None:
+    clock = FakeClock()
+    r, b = replica(clock=clock), Remote("b")
+    r.on_rows([b.row()])
+    met(r, b)
+    assert r.on_bus(b.bye()) == [Unfollow(bus("b")), CloseDealer("b")]
+    view = peer_view(r, "b")
+    assert (view["up"], view["state"], view["reason"]) == (False, "left", "left the cluster")
+    assert r.peers_up() == [] and r.stats["peers_left"] == 1
+    assert r.on_rows([b.row()]) == []  # its row, read before it was withdrawn: nothing to dial
+    assert r.on_rows([]) == [AdoptUsers("b")]  # withdrawn: its users adopted, and it stays "left"
+    assert peer_view(r, "b")["state"] == "left"
+    clock.advance(DOWN_AFTER_MS + 1)
+    assert r.liveness() == [] and peer_view(r, "b")["state"] == "left"  # not down: nothing failed
+    clock.advance(STALE_ROW_FACTOR * DOWN_AFTER_MS)
+    assert r.liveness() == []  # forgotten, and its sockets were let go of already
+    assert r.peer_names() == []
+
+
+def test_a_peer_that_left_comes_back_when_it_restarts_on_the_same_ports() -> None:
+    r, b = replica(), Remote("b")
+    r.on_rows([b.row()])
+    met(r, b)
+    r.on_bus(b.bye())
+    again = Remote("b", incarnation=2000)
+    env = again.direct("announce", {"bus": bus("b"), "peer": router("b")})
+    assert r.on_peer_request(env, 50) == [OpenDealer("b", router("b")), Follow(bus("b")), Reply("ack", {})]
+    assert peer_view(r, "b")["state"] == "down"  # known again; up with its first heartbeat
+    r.on_bus(again.hb(r.cache.digest.root))
+    assert peer_view(r, "b")["state"] == "up" and r.peers_up() == ["b"]
+
+
+def test_a_row_of_a_new_incarnation_brings_a_left_peer_back() -> None:
+    r, b = replica(), Remote("b")
+    r.on_rows([b.row()])
+    met(r, b)
+    r.on_bus(b.bye())
+    effects = r.on_rows([Remote("b", incarnation=2000).row()])
+    assert effects[:2] == [OpenDealer("b", router("b")), Follow(bus("b"))]
+    assert [fx.type for fx in sends(effects)] == ["announce"]
+
+
+def test_a_bye_from_a_stranger_or_a_replayed_one_changes_nothing() -> None:
+    r, b = replica(), Remote("b")
+    assert r.on_bus(Remote("z").bye()) == [] and r.peer_names() == []
+    r.on_rows([b.row()])
+    met(r, b)
+    bye = b.bye()
+    hb = b.hb(r.cache.digest.root)  # sent after the bye: a replay, as nobody sends after goodbye
+    r.on_bus(bye)
+    again = Remote("b", incarnation=2000)
+    r.on_peer_request(again.direct("announce", {"bus": bus("b"), "peer": router("b")}), 50)
+    r.on_bus(again.hb(r.cache.digest.root))
+    assert r.on_bus(bye) == [] and r.on_bus(hb) == []  # the old life's frames are refused as replays
+    assert peer_view(r, "b")["state"] == "up"
 
 
 def test_adopted_users_are_published_once_and_counted() -> None:

@@ -46,6 +46,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "hb": {"size": 3, "digest": H16, "bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
     "merge": {"entries": [USER, SESSION, TOMBSTONE, USER_TOMBSTONE, FAILURES, RECORD, RECORD_TOMBSTONE,
                           SESSION_DATA, SESSION_DATA_TOMBSTONE]},
+    "bye": {},
     "announce": {"bus": "tcp://127.0.0.1:5000", "peer": "tcp://127.0.0.1:5001"},
     "ack": {},
     "sync_req": {"digest": H16},

@@ -46,6 +46,10 @@ class CommandGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Like click's main, but a usage error is one line: ``logonmesh: <what> (see <cmd> --help)``."""
         kwargs["standalone_mode"] = False
+        given = kwargs.get("args", args[0] if args else None)
+        if not (sys.argv[1:] if given is None else given):
+            click.echo(self.short_help_text(kwargs.get("prog_name") or "logonmesh"))  # like bare `git`
+            sys.exit(0)
         try:
             code = super().main(*args, **kwargs)
         except click.UsageError as exc:
@@ -56,6 +60,16 @@ class CommandGroup(click.Group):
         except click.Abort:  # Ctrl-C while click itself was busy (parsing, prompting)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def short_help_text(self, prog_name: str) -> str:
+        """What bare ``logonmesh`` prints: the usage line and the subcommands, no options, to stdout."""
+        ctx = click.Context(self, info_name=prog_name, **self.context_settings)
+        formatter = ctx.make_formatter()
+        self.format_usage(ctx, formatter)
+        self.format_commands(ctx, formatter)
+        formatter.write_paragraph()
+        formatter.write_text(f"See '{prog_name} COMMAND --help' for one command, '{prog_name} --help' for all.")
+        return formatter.getvalue().rstrip("\n")
 
 
 def _fail(message: str, code: int) -> None:

@@ -31,7 +31,8 @@ def peers(**values: Any) -> None:
     """Every node in the clusters table, and how a daemon sees it.
 
     Exit 1 when a known node is down: one with a row in the table, or one the
-    daemon remembers as a lost peer.  A peer whose clock is off by more than
+    daemon remembers as a lost peer.  A node that left cleanly (it said goodbye
+    as it stopped) is "left", which is no failure.  A peer whose clock is off by more than
     the maximum is flagged, but is not "down": the exit code stays 0 for it.
     """
     settings, args = split_settings(values)
@@ -40,7 +41,7 @@ def peers(**values: Any) -> None:
     view = call(settings, name, "peers")
     max_offset_ms = view.get("max_clock_offset_ms")
     merged = merge_peers(name, rows, view["peers"], max_offset_ms)
-    healthy = all(p["up"] for p in merged)
+    healthy = all(p["up"] or p["state"] == "left" for p in merged)
     if args["as_json"]:
         emit_json({"node": name, "digest": view["digest"], "healthy": healthy,
                    "max_clock_offset_ms": max_offset_ms, "peers": merged})
@@ -78,7 +79,8 @@ def merge_peers(me: str, rows: list, seen: list[dict], max_offset_ms: float | No
             record.update(up=False, state="unseen", last_seq=None, digest_match=None, heard_ms_ago=None,
                           reason="in the table, never heard on the bus")
         else:
-            record.update(up=peer["up"], state="up" if peer["up"] else "down", last_seq=peer["last_seq"],
+            state = peer.get("state") or ("up" if peer["up"] else "down")  # a daemon before "left" says no state
+            record.update(up=peer["up"], state=state, last_seq=peer["last_seq"],
                           digest_match=peer["digest_match"], heard_ms_ago=peer["heard_ms_ago"],
                           reason=peer["reason"] if not peer["up"] else "")
         record.update(clock_fields(None if name == me else peer, max_offset_ms))
@@ -140,14 +142,17 @@ def print_peers(name: str, how: str, digest: str, merged: list[dict], max_offset
             for p in merged]
     out(table(["NODE", "STATE", "HEARD", "BEAT", "SEQ", "DIGEST", "OFFSET", "BUS", "PEER"], rows))
     for p in merged:
-        if not p["up"]:
+        if p["state"] == "left":
+            out(clip(f"{p['name']} left the cluster{'' if p['in_registry'] else ' (no longer in the table)'}", WIDTH))
+        elif not p["up"]:
             out(clip(f"{p['name']} is down: {p['reason'] or 'no reason given'}"
                      f"{'' if p['in_registry'] else ' (no longer in the table)'}", WIDTH))
     for p in merged:
         if p["clock_skewed"] and p["clock_offset_ms"] is not None:
             out(clip(f"! {skew_note(name, p['name'], p['clock_offset_ms'], max_offset_ms)}", WIDTH))
-    down = sum(not p["up"] for p in merged)
-    out(f"{len(merged)} nodes, {down} down; digest {digest[:12]}")
+    left = sum(p["state"] == "left" for p in merged)
+    down = sum(not p["up"] for p in merged) - left
+    out(f"{len(merged)} nodes, {down} down{f', {left} left' if left else ''}; digest {digest[:12]}")
 
 
 def _digest_cell(p: dict) -> str | None:

@@ -3,14 +3,15 @@
 The test builds its own small network, touching nothing it did not make:
 
     switch namespace: one bridge
-    R  198.51.100.2    redis-server (started here, nothing on disk)
-    A  198.51.100.11   daemon + web        (each node's tcp sockets are bound to its
-    B  198.51.100.12   daemon + web         host address and advertised with it;
-    C  198.51.100.13   daemon + web         nothing listens on loopback)
-    this process: 198.51.100.1 on one more veth into the bridge, to speak HTTP to the webs
+    R  NET.2    redis-server (started here, nothing on disk)
+    A  NET.11   daemon + web        (each node's tcp sockets are bound to its
+    B  NET.12   daemon + web         host address and advertised with it;
+    C  NET.13   daemon + web         nothing listens on loopback)
+    this process: NET.1 on one more veth into the bridge, to speak HTTP to the webs
 
-Addresses come from TEST-NET-2 (198.51.100.0/24, RFC 5737) only.  Names carry
-this process's pid, so parallel runs never clash, and a finalizer deletes every
+NET is a /24 of 198.18.0.0/15 (RFC 2544) that no address or route on this
+machine uses, drawn afresh by each run (``netrange.py``); names carry this
+process's pid, so two runs on one machine never clash, and a finalizer deletes every
 namespace and veth even when a test fails.  Faults are real network faults: a
 cable pulled, routes that blackhole a peer, redis-server stopped, processes
 frozen with SIGSTOP.  The mesh runs with CURVE, as it should between hosts.
@@ -41,9 +42,10 @@ import zmq
 
 from logonmesh.daemon.client import DaemonClient
 from logonmesh.testing import Browser, Proc, eventually
+from netrange import free_prefix
 
 PASSWORD = "correct horse battery"
-NET = "198.51.100"
+NET = free_prefix()  # this run's /24, e.g. "198.18.7": a fixed one collides with a second run
 ME = f"{NET}.1"
 REDIS_IP = f"{NET}.2"
 HOST_IPS = {"a": f"{NET}.11", "b": f"{NET}.12", "c": f"{NET}.13"}
