@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, request, request_started
 from flask.blueprints import BlueprintSetupState
@@ -71,7 +71,7 @@ def metrics_blueprint(url: str = "/metrics", name: str = "logonmesh_metrics") ->
 
 
 def _install(setup: BlueprintSetupState) -> None:
-    app = setup.app
+    app = cast(Flask, setup.app)  # typed as sansio's App, of which Flask is the one we serve
     if METRICS not in app.extensions:
         app.extensions[METRICS] = WebMetrics(app)
 
