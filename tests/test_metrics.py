@@ -266,3 +266,15 @@ def test_a_stopped_daemon_scrapes_as_daemon_up_zero(cluster: LocalCluster) -> No
         cluster.wait_ready()
     eventually(lambda: value(scrape(node)[1], "logonmesh_daemon_up") == 1 or pytest.fail("daemon not back"),
                timeout=10)
+
+
+def test_operations_doc_lists_every_metric(tmp_path: Any) -> None:
+    """docs/operations.md is the operator's list: whatever a scrape can show must be written down there."""
+    from pathlib import Path
+    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    text = app_with(FakeDaemon(), tmp_path, "a").test_client().get("/metrics").get_data(as_text=True)
+    names = {f.name for f in text_string_to_metric_families(text)} | {f.name for f in daemon_families(FIGURES)}
+    names.discard("logonmesh_http_request_duration_seconds_created")  # prometheus_client's own, named in the doc
+    assert WEB_FAMILIES | DAEMON_FAMILIES <= names
+    missing = [name for name in sorted(names) if not any(f"`{name}{suffix}`" in doc for suffix in ("", "_total"))]
+    assert not missing, f"docs/operations.md does not list: {missing}"
