@@ -59,6 +59,7 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "session_data_get": {"sid": str},
     "session_data_delete": {"sid": str},
     "status": {},
+    "metrics": {},
     "peers": {},
     "cache": {"user": (str, type(None)), "sessions": bool, "limit": int},
     "partition": {"peers": list, "replace": bool},
@@ -283,6 +284,10 @@ class Control:
     def op_status(self, reply: Reply) -> None:
         reply(self.d.status())
 
+    def op_metrics(self, reply: Reply) -> None:
+        """The figures a web's ``/metrics`` exposes, in one answer per scrape (docs/operations.md lists them)."""
+        reply(metrics_view(self.r.state(), len(self.r.peer_names()), self.d.uptime_s()))
+
     def op_peers(self, reply: Reply) -> None:
         reply(self.r.peers_report())
 
@@ -368,6 +373,28 @@ class Control:
             return reply(error="fraction must be between 0 and 1", code="invalid")
         self.r.set_loss(fraction)
         reply({"loss": fraction})
+
+
+def metrics_view(state: dict[str, Any], peers_known: int, uptime_s: float) -> dict[str, Any]:
+    """Numbers only, from the replica's state and stats: no name, token, key or address can be in them.
+
+    Counters are the daemon's own since it started (``uptime_s`` says when a
+    restart reset them); ``refused`` maps each drop reason (docs/wire.md §7)
+    to its count.
+    """
+    stats, cache = state["stats"], state["cache"]
+    return {
+        "uptime_s": round(uptime_s, 3),
+        "peers_up": len(state["peers_up"]), "peers_known": peers_known,
+        "users": cache["users"], "sessions": cache["sessions"], "session_tombstones": cache["tombstones"],
+        "session_data": cache["session_data"], "records": cache["records"],
+        "merges_published": stats.get("out_merge", 0), "merges_applied": stats.get("in_merge", 0),
+        "refused": {name[len("drop_"):]: n for name, n in stats.items() if name.startswith("drop_")},
+        "repairs_started": stats.get("repairs_started", 0), "repairs_done": stats.get("repairs_done", 0),
+        "repairs_failed": stats.get("repairs_failed", 0), "repairs_timed_out": stats.get("repairs_timed_out", 0),
+        "repair_bytes_in": stats.get("repair_bytes_in", 0), "repair_bytes_out": stats.get("repair_bytes_out", 0),
+        "clock_offset_warnings": stats.get("clock_offset_warnings", 0),
+    }
 
 
 def check_args(op: str, args: dict) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from logonmesh.flask import LogonMesh
+from logonmesh.flask import LogonMesh, metrics_blueprint
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -45,4 +45,5 @@ def _register(app: Flask) -> None:
     security.install(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics_blueprint())  # GET /metrics, for Prometheus (docs/operations.md)
     errors.register(app)

@@ -15,10 +15,11 @@ Everything here is public and kept stable; the rest of ``logonmesh`` is ours to 
 
 from logonmesh.flask.errors import MeshError, MeshUnavailable, Refused, SessionTooLarge, TooManyAttempts, UsernameTaken
 from logonmesh.flask.extension import LogonMesh
+from logonmesh.flask.metrics import metrics_blueprint
 from logonmesh.flask.records import Records
 from logonmesh.flask.users import AnonymousUser, MeshUser, current_user, login_required
 
 __all__ = [
     "AnonymousUser", "LogonMesh", "MeshError", "MeshUnavailable", "MeshUser", "Records", "Refused",
-    "SessionTooLarge", "TooManyAttempts", "UsernameTaken", "current_user", "login_required",
+    "SessionTooLarge", "TooManyAttempts", "UsernameTaken", "current_user", "login_required", "metrics_blueprint",
 ]

@@ -19,7 +19,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from logonmesh.daemon.client import DaemonClient
 from logonmesh.flask import login, throttle
-from logonmesh.flask.errors import MeshUnavailable, Refused
+from logonmesh.flask.errors import MeshUnavailable, Refused, TooManyAttempts
 from logonmesh.flask.records import Records
 from logonmesh.flask.session import MeshSessionInterface
 from logonmesh.flask.state import EXTENSION, MeshState, derive_key, settings_for
@@ -94,12 +94,18 @@ class LogonMesh:
         it) before any hash is computed, so a locked-out guess learns nothing.
         """
         state = self._state()
-        throttle.check(state.call, state.limits, username)
+        try:
+            throttle.check(state.call, state.limits, username)
+        except TooManyAttempts:
+            state.logins.add("throttled")
+            raise
         if not self._password_ok(state, username, password):
+            state.logins.add("failure")
             throttle.failed(state.call, state.limits, username)
             return False
         throttle.succeeded(state.call, username)
         login.start_login(state, username)
+        state.logins.add("success")
         forget_user()
         return True
 

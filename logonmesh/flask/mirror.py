@@ -36,6 +36,7 @@ from logonmesh.daemon.clock import StepWatch
 from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, FeedMessage, FeedSubscription
 from logonmesh.daemon.kinds import SortedKeys, split_record_key, supersedes
 from logonmesh.daemon.restart import Restarts
+from logonmesh.flask.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class SessionMirror:
         self._start_lock = threading.Lock()
         # how the process ends when the thread gives up: the web server sets its clean stop here
         self.on_give_up: Callable[[int], None] = _terminate
+        # (what was looked up, "hit" or "miss"): a miss is an UNKNOWN, which sends the request to the daemon
+        self.lookups = Tally()
 
     # ---- request threads --------------------------------------------------
 
@@ -127,7 +130,8 @@ class SessionMirror:
         self._ensure_running()
         found = self._sessions.get(token)
         if found is None or not self.current():
-            return UNKNOWN
+            return self._missed("session")
+        self.lookups.add("session", "hit")
         if found[0] is None or found[2] <= time.time() * 1000:
             return None
         return {"user": found[0], "uid": found[1], "expires": found[2]}
@@ -137,9 +141,14 @@ class SessionMirror:
         the daemon can say (what its ``record_items`` op answers, without the round trip)."""
         self._ensure_running()
         if not self.current():
-            return UNKNOWN
+            return self._missed("record")
+        self.lookups.add("record", "hit")
         held = self._records.get(namespace)
         return [] if held is None else held.starting_with(prefix)
+
+    def _missed(self, what: str) -> Any:
+        self.lookups.add(what, "miss")
+        return UNKNOWN
 
     def record_written(self, written: dict) -> None:
         """This web just wrote a record (the reply of ``record_put`` or ``record_delete``): show it on the next
@@ -162,7 +171,8 @@ class SessionMirror:
         self._ensure_running()
         found = self._session_data.get(sid)
         if found is None or not self.current():
-            return UNKNOWN
+            return self._missed("session_data")
+        self.lookups.add("session_data", "hit")
         if found[2] is None or found[3] <= time.time() * 1000:
             return None
         return found[2]

@@ -20,6 +20,7 @@ from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
 from logonmesh.flask.errors import MeshError, MeshUnavailable, Refused, UsernameTaken
 from logonmesh.flask.link import DaemonLink
 from logonmesh.flask.mirror import SessionMirror
+from logonmesh.flask.tally import Tally
 from logonmesh.flask.throttle import Limits
 
 DAEMON_TIMEOUT_MS = 1000  # one slow daemon call must leave room for a 503 within 2 s
@@ -65,6 +66,7 @@ class MeshState:
                                     step_threshold_ms=settings.max_clock_offset_ms)
         self.limits = Limits(settings.throttle_user, settings.throttle_addr, settings.throttle_window_s)
         self.idle_s, self.absolute_s = settings.session_idle_s, settings.session_ttl_s
+        self.logins = Tally()  # (outcome,): "success", "failure" or "throttled" (a 429)
 
     def start(self, on_give_up: Callable[[int], None] | None = None) -> None:
         """Follow the daemon's feed now, so the mirror is warm before the first request (the web server calls it).
