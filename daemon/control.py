@@ -286,7 +286,7 @@ class Control:
 
     def op_metrics(self, reply: Reply) -> None:
         """The figures a web's ``/metrics`` exposes, in one answer per scrape (docs/operations.md lists them)."""
-        reply(metrics_view(self.r.state(), len(self.r.peer_names()), self.d.uptime_s()))
+        reply(metrics_view(self.r.state(), self.r.members(), self.d.uptime_s()))
 
     def op_peers(self, reply: Reply) -> None:
         reply(self.r.peers_report())

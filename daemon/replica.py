@@ -521,6 +521,10 @@ class Replica:
     def peers_up(self) -> list[str]:
         return self.membership.up_names()
 
+    def members(self) -> int:
+        """How many peers are members now: known, and not gone by a clean leave."""
+        return sum(1 for peer in self.membership.peers.values() if not peer.left)
+
     def peer_names(self) -> list[str]:
         """Every peer known, up or not, in the order they were learnt."""
         return list(self.membership.peers)
