@@ -34,12 +34,13 @@ QUICK = dict(prop_n=200, prop_rate=500, prop_nodes=(2,), prop_repeat=1,
              page_repeat=1, page_s=1, reg_s=2, hash_s=1, boot_n=10_000, boot_repeat=1,
              scale_sizes=(2,), scale_idle_s=1, scale_settle_s=0.2, fail_heartbeat_ms=200, fail_sessions=100,
              heal_sizes=(10_000,), heal_diffs=(10,), heal_repeat=1, sess_rounds=3, sess_calls=50, sess_writes=30,
-             profile=False)
+             persist_rounds=1, persist_calls=100, persist_logins=5, persist_prop_n=200, profile=False)
 FULL = dict(prop_n=5000, prop_rate=500, prop_nodes=(2, 8), prop_repeat=3,
             page_repeat=3, page_s=10, reg_s=10, hash_s=5, boot_n=100_000, boot_repeat=3,
             scale_sizes=(2, 4, 8, 16), scale_idle_s=5, scale_settle_s=3, fail_heartbeat_ms=1000, fail_sessions=1000,
             heal_sizes=(10_000, 100_000, 1_000_000), heal_diffs=(10, 1000), heal_repeat=3,
-            sess_rounds=20, sess_calls=300, sess_writes=300, profile=True)
+            sess_rounds=20, sess_calls=300, sess_writes=300,
+            persist_rounds=3, persist_calls=2000, persist_logins=30, persist_prop_n=3000, profile=True)
 
 
 def ok(cond: bool) -> str:
@@ -307,6 +308,36 @@ def rows_sessions(f: dict) -> list[list[str]]:
     return rows
 
 
+# ---- figure 8 ---------------------------------------------------------------------------
+
+def fig_persist(cfg: dict, tick) -> dict:
+    from bench.persist import run, summary
+    raw = run(cfg["persist_rounds"], cfg["persist_calls"], cfg["persist_logins"], cfg["persist_prop_n"],
+              cfg["prop_rate"], tick)
+    return {"summary": summary(raw), "rounds": cfg["persist_rounds"], "calls": len(raw["persisted"]["ipc_us"]),
+            "logins": len(raw["persisted"]["web_ms"]), "prop_n": cfg["persist_prop_n"]}
+
+
+def rows_persist(f: dict) -> list[list[str]]:
+    on, off = f["summary"]["persisted"], f["summary"]["ephemeral"]
+    batching = f"{on['sessions_saved']:,} entries saved in {on['batches']:,} batches"
+    return [
+        [f"8. Login, daemon part: session_create over ipc, sessions persisted ({f['calls']:,} calls, "
+         f"{f['rounds']} interleaved rounds; {batching})",
+         f"p50 {us(on['session_create_p50_us'])}, p99 {us(on['session_create_p99_us'])}",
+         f"ephemeral (--ephemeral-sessions): p50 {us(off['session_create_p50_us'])}, "
+         f"p99 {us(off['session_create_p99_us'])}",
+         f"p50 {on['session_create_p50_us'] / off['session_create_p50_us']:.2f}×", "—"],
+        [f"8b. Login over HTTP (POST /, password check included; {f['logins']} logins)",
+         f"p50 {on['web_login_p50_ms']:.1f} ms, p99 {on['web_login_p99_ms']:.1f} ms",
+         f"ephemeral: p50 {off['web_login_p50_ms']:.1f} ms, p99 {off['web_login_p99_ms']:.1f} ms",
+         f"p50 {on['web_login_p50_ms'] / off['web_login_p50_ms']:.2f}×", "—"],
+        [f"8c. Figure 1's propagation p50, 2 nodes ({f['prop_n']:,} sign-ups per run, median of the runs' p50)",
+         us(on["propagation_p50_us"]), f"ephemeral: {us(off['propagation_p50_us'])}",
+         f"{on['propagation_p50_us'] / off['propagation_p50_us']:.2f}×", "—"],
+    ]
+
+
 # ---- profiles -----------------------------------------------------------------------------
 
 def fig_profiles(cfg: dict, tick) -> dict:
@@ -370,6 +401,7 @@ FIGURES = [
     ("6", "heal cost", fig_heal, rows_heal, lambda c: len(c["heal_sizes"]) * len(c["heal_diffs"])),
     ("7", "server-side session", fig_sessions, rows_sessions,
      lambda c: c["sess_rounds"] + c["sess_writes"] // 100 + 1),
+    ("8", "sessions written behind", fig_persist, rows_persist, lambda c: 2 * c["persist_rounds"]),
     ("p", "profiles", fig_profiles, None, lambda c: 3 if c["profile"] else 0),
 ]
 

@@ -84,7 +84,7 @@ def _tap(endpoint: str, out: str, count: int) -> None:
         now = time.monotonic_ns()
         body = msgpack.unpackb(frame[:-wire.MAC_SIZE], raw=False)
         if body[1] == "merge":
-            for entry in body[5]["entries"]:
+            for entry in body[-1]["entries"]:  # the payload is the last field (after sent_at)
                 seen.setdefault(entry[1], now)
     with open(out, "w") as f:
         json.dump(seen, f)
@@ -92,7 +92,7 @@ def _tap(endpoint: str, out: str, count: int) -> None:
     ctx.term()
 
 
-def run(nodes: int, n: int, rate: float, progress=None) -> dict:
+def run(nodes: int, n: int, rate: float, progress=None, env: dict | None = None) -> dict:
     """Latencies (µs) from A's publish to each other node's apply, for n users registered on A.
 
     Beside them, a bare SUB process on A's bus (the tap) splits each latency
@@ -100,7 +100,7 @@ def run(nodes: int, n: int, rate: float, progress=None) -> dict:
     apply; both sockets get the frame from the same PUB).
     """
     with LocalCluster(heartbeat_ms=1000, discovery_ms=2000, ready_timeout=60,
-                      env={"LOGONMESH_TRACE": "1"}) as cluster:
+                      env={"LOGONMESH_TRACE": "1", **(env or {})}) as cluster:
         members = cluster.start_nodes("p", nodes, web=False)
         a, others = members[0], members[1:]
         for node in members:

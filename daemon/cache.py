@@ -47,6 +47,9 @@ Item = tuple[int, str, Any, int]           # (hlc, origin, value, expires_ms)
 Stored = bytes | Item                      # as a table holds it: a user packed into bytes, else an Item
 KINDS = tuple(REGISTRY)
 FEED_KINDS = tuple(code for code, kind in REGISTRY.items() if kind.mirrored)
+# What the session store keeps across a full restart: the kinds whose ending wins (sessions, session data),
+# whose lattice is the one the store applies (``Store.save_sessions``).
+PERSISTED_KINDS = frozenset(code for code, kind in REGISTRY.items() if kind.ended_wins and not kind.durable)
 
 
 def now_ms() -> int:
@@ -146,6 +149,8 @@ class Cache:
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_ms, kind, key)
         self.feed_changes: list[Entry] = []  # changes of the mirrored kinds, drained into the web's feed
         self._namespaces: defaultdict[str, SortedKeys] = defaultdict(SortedKeys)  # record namespace -> entry keys
+        self.persisted: frozenset[str] = frozenset()  # kinds whose changes are kept for the store (``persist``)
+        self._unsaved: dict[tuple[str, str], None] = {}  # (kind, key) changed since the last ``take_unsaved``
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -191,6 +196,8 @@ class Cache:
             self._namespaces[split_record_key(key)[0]].add(key)
         if kind in FEED_KINDS:
             self.feed_changes.append(Entry(*entry))
+        if kind in self.persisted:
+            self._unsaved[(kind, key)] = None
         return True
 
     def _outlive(self, kind: str, key: str, kept: Item, expires: int) -> None:
@@ -199,6 +206,31 @@ class Cache:
             return
         self.kinds[kind][key] = (kept[0], kept[1], None, expires)
         heapq.heappush(self._expiry, (expires, kind, key))
+        if kind in self.persisted:
+            self._unsaved[(kind, key)] = None
+
+    def persist(self, kinds: Iterable[str]) -> None:
+        """Keep track of what changes in these kinds, for ``take_unsaved`` (the shell's write-behind)."""
+        self.persisted = frozenset(kinds)
+
+    def take_unsaved(self) -> list[Entry]:
+        """The current entry of every key of a persisted kind changed since the last call, once each.
+
+        Keyed, not a log: a burst of writes to one key is one row, and the row
+        is the cache's merged state (a kept ending's later expiry included).  A
+        key purged meanwhile has nothing to save: its row expires in the store too.
+        """
+        unsaved, self._unsaved = self._unsaved, {}
+        return [self.entry(kind, key) for kind, key in unsaved if key in self.kinds[kind]]
+
+    def unsaved(self, entries: Iterable[Entry]) -> None:
+        """A batch the store did not take: its keys are saved again with the next one."""
+        for entry in entries:
+            self._unsaved[(entry.kind, entry.key)] = None
+
+    @property
+    def unsaved_count(self) -> int:
+        return len(self._unsaved)
 
     def records(self, namespace: str, prefix: str = "") -> list[Entry]:
         """The records of a namespace whose own key starts with prefix, tombstones included, by key."""

@@ -133,6 +133,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("trace", "--trace", "LOGONMESH_TRACE", False, parse_flag,
            "record when each user merge is published and applied (monotonic ns), for the benchmark; "
            "read and cleared by the ipc op trace", "daemon"),
+    Option("ephemeral_sessions", "--ephemeral-sessions", "LOGONMESH_EPHEMERAL_SESSIONS", False, parse_flag,
+           "keep sessions and session data in memory only: a restart of every node logs everyone out "
+           "(by default they are written behind to the cluster database every 200 ms)", "daemon"),
     Option("session_idle_s", "--session-idle", "LOGONMESH_SESSION_IDLE", 3600, _positive_int,
            "log a session out after this many seconds without a request", "web"),
     Option("throttle_user", "--throttle-user", "LOGONMESH_THROTTLE_USER", 10, _positive_int,
@@ -186,6 +189,7 @@ class Settings:
     secure_cookies: bool = _default("secure_cookies")
     curve: bool = _default("curve")
     trace: bool = _default("trace")
+    ephemeral_sessions: bool = _default("ephemeral_sessions")
     host: str = _default("host")
     port: int | None = _default("port")
     app: str = _default("app")

@@ -23,7 +23,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from logonmesh.daemon import wire
 from logonmesh.daemon.bus import Bus, advertised
-from logonmesh.daemon.cache import expand_users, user_entry
+from logonmesh.daemon.cache import PERSISTED_KINDS, expand_users, user_entry
 from logonmesh.daemon.clock import SYSTEM
 from logonmesh.daemon.config import WILDCARDS, Settings, ensure_run_dir, resolve_cookie
 from logonmesh.daemon.control import Control
@@ -49,9 +49,12 @@ from logonmesh.daemon.monitor import MonitorFeed, open_feed
 from logonmesh.daemon.replica import STALE_ROW_FACTOR, Replica
 from logonmesh.daemon.trace import Trace
 from logonmesh.daemon.worker import Worker
-from logonmesh.discovery import Backend, NodeRow, is_networked, open_backend
+from logonmesh.discovery import Backend, NodeRow, StoredSession, is_networked, open_backend
 
 log = logging.getLogger(__name__)
+
+SAVE_SESSIONS_MS = 200        # the write-behind period: what a crash of every node at once may lose
+PURGE_STORE_MS = 60_000       # how often the store's expired sessions are deleted
 
 T = TypeVar("T")
 
@@ -115,7 +118,12 @@ class Daemon:
         self.replica = Replica(self.name, self.incarnation, self.key, heartbeat_ms=settings.heartbeat_ms,
                                down_after_ms=settings.down_after_ms, max_clock_offset_ms=settings.max_clock_offset_ms,
                                trace=Trace() if settings.trace else None)
-        self.cache = self.replica.cache  # the shell reads it only to feed the web and to rejoin
+        self.cache = self.replica.cache  # the shell reads it to feed the web, to rejoin and to save sessions
+        self.persisting = not settings.ephemeral_sessions
+        if self.persisting:
+            self.cache.persist(PERSISTED_KINDS)
+        self._saving: list[Entry] | None = None  # the batch the worker is writing, if any
+        self._save_failing = False
         self.curve = Curve.from_cookie(self.cookie, settings.curve)
         self.auth: ThreadAuthenticator | None = None
         self._stopping = False
@@ -166,7 +174,10 @@ class Daemon:
         try:
             res = self._resources()
             try:
-                self.replica.load(res.store.load(), [record_entry(r) for r in res.store.load_records()])
+                records = [record_entry(r) for r in res.store.load_records()]
+                sessions = self._stored_sessions(res)
+                self.replica.load(res.store.load(), records + sessions)
+                self.cache.take_unsaved()  # what was just loaded is in the store already
                 self._bind()
                 res.registry.announce(self._row())
                 boot_effects = self.replica.on_rows(res.registry.peers())
@@ -178,8 +189,26 @@ class Daemon:
         self.worker = Worker(self.ctx, self._resources)
         self.control = Control(self, self.replica)
         self.execute(boot_effects)
-        log.info("node %s up: bus %s, peer %s, ipc %s, %d users", self.name, self.bus.endpoint,
-                 self.peer_endpoint, s.ipc_path, self.replica.user_count())
+        log.info("node %s up: bus %s, peer %s, ipc %s, %d users, %d stored session entries", self.name,
+                 self.bus.endpoint, self.peer_endpoint, s.ipc_path, self.replica.user_count(), len(sessions))
+
+    def _stored_sessions(self, res: Backend) -> list[Entry]:
+        """Boot: the unexpired sessions, session data and endings the store kept, each checked like a frame."""
+        if not self.persisting:
+            return []
+        entries, bad = [], 0
+        for row in res.store.load_sessions(SYSTEM.wall_ms()):
+            try:
+                entry = wire.check_entry(list(row))
+            except wire.WireError:
+                entry = None
+            if entry is None or entry.kind not in PERSISTED_KINDS:
+                bad += 1
+                continue
+            entries.append(entry)
+        if bad:
+            log.warning("ignored %d malformed stored session rows", bad)
+        return entries
 
     def _bind(self) -> None:
         s = self.settings
@@ -316,6 +345,7 @@ class Daemon:
         except Exception as exc:  # leaving must not fail; the row will expire anyway
             log.warning("could not withdraw the registry row: %s", exc)
         self.worker.close()
+        self._save_remaining()
         self._unbind()
         self.ctx.term()
 
@@ -343,6 +373,9 @@ class Daemon:
             ("discovery", s.discovery_ms, lambda: self.execute(r.poll())),
             ("purge", 1000, lambda: r.purge()),
         ]
+        if self.persisting:
+            schedule += [("save_sessions", SAVE_SESSIONS_MS, self._save_sessions),
+                         ("purge_store", PURGE_STORE_MS, self._purge_store)]
         wait = float(s.heartbeat_ms)
         for name, period, fn in schedule:
             due = self._timers.get(name, 0.0)
@@ -356,6 +389,70 @@ class Daemon:
     def _heartbeat(self) -> None:
         self.execute(self.replica.heartbeat())
         self.feed.tick()
+
+    # ---- sessions, written behind ---------------------------------------
+
+    def _save_sessions(self) -> None:
+        """Hand what changed in the sessions since the last batch to the worker, one batch at a time.
+
+        A login's answer never waits for this (write-behind): while a batch is
+        being written the changes gather, one row per key, for the next.
+        """
+        if self._saving is not None:
+            return
+        batch = self.cache.take_unsaved()
+        if not batch:
+            return
+        self._saving = batch
+        rows = [StoredSession(*entry) for entry in batch]
+        self.worker.submit(lambda res: res.store.save_sessions(rows),
+                           lambda _, error: self._saved(batch, error))
+
+    def _saved(self, batch: list[Entry], error: BaseException | None) -> None:
+        self._saving = None
+        if error is None:
+            self.replica.count("sessions_saved", len(batch))
+            self.replica.count("session_batches")
+            if self._save_failing:
+                self._save_failing = False
+                log.warning("sessions are being saved again")
+            return
+        self.cache.unsaved(batch)  # the next batch carries them again
+        self.replica.count("session_save_errors")
+        if not self._save_failing:
+            self._save_failing = True
+            log.warning("could not save sessions (retrying every %d ms): %s", SAVE_SESSIONS_MS, error)
+
+    def _purge_store(self) -> None:
+        now = SYSTEM.wall_ms()
+
+        def done(purged: int | None, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("could not delete expired sessions from the store: %s", error)
+            elif purged:
+                self.replica.count("sessions_purged_from_store", purged)
+        self.worker.submit(lambda res: res.store.purge_sessions(now), done)
+
+    def _save_remaining(self) -> None:
+        """At a clean stop, after the loop and the worker ended: the last changes, and the batch in flight.
+
+        The batch in flight may have been written already; writing it again is
+        harmless (the store keeps the winner of each key).
+        """
+        if not self.persisting:
+            return
+        batch = (self._saving or []) + self.cache.take_unsaved()
+        if not batch:
+            return
+        try:
+            res = self._resources()
+            try:
+                res.store.save_sessions([StoredSession(*entry) for entry in batch])
+            finally:
+                res.close()
+            log.info("saved the last %d session entries", len(batch))
+        except Exception as exc:  # leaving must not fail
+            log.warning("could not save the last %d session entries: %s", len(batch), exc)
 
     # ---- executing effects ----------------------------------------------
 

@@ -50,6 +50,20 @@ class StoredRecord(NamedTuple):
     value: Any
 
 
+class StoredSession(NamedTuple):
+    """A session entry as the store keeps it (a daemon session ``s`` or web session data ``d``), with
+    its version and its expiry (ms since the epoch in the writing node's clock), so a cluster that was
+    stopped whole boots with the same entries.  A value of None is an ending (a logout, a destroyed
+    session), kept until it expires so that no older live copy can come back."""
+
+    kind: str
+    key: str
+    hlc: int
+    origin: str
+    value: Any
+    expires: int
+
+
 class UsernameTaken(Exception):
     """The store already holds this username (SQLite's unique index, or Redis's key) and refused the insert."""
 
@@ -113,6 +127,23 @@ class Store(Protocol):
 
     def load_records(self) -> Iterator[StoredRecord]:
         """Every stored record, deletions included."""
+
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        """Store a batch of session entries in one round trip, each by the sessions' lattice.
+
+        An ending beats every live version of its key whatever the versions;
+        between two live entries, or two endings, the higher (hlc, origin)
+        wins.  A kept ending takes the later of the two expiries, so it
+        outlives every copy it defeated.  So an older write never replaces a
+        newer row, whichever node writes last.
+        """
+
+    def load_sessions(self, now_ms: int) -> Iterator[StoredSession]:
+        """Every stored session entry that has not expired by ``now_ms``, endings included."""
+
+    def purge_sessions(self, now_ms: int) -> int:
+        """Delete the session entries expired by ``now_ms``; returns how many went (0 where the store expires
+        them itself)."""
 
     def close(self) -> None:
         """Release the connection."""

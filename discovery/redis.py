@@ -23,6 +23,11 @@ queued behind a heartbeat must not wait for a dead server's timeouts.
   username, password_hash and created_at; ``<prefix>:by-node:<name>`` the set
   of usernames a node wrote; ``<prefix>:record:<namespace>/<key>`` one app record, its
   version and its packed value (see ``SAVE_RECORD_LUA``).
+* ``<prefix>:session:<kind>:<key>``: one session entry (a daemon session ``s`` or web
+  session data ``d``), its version, packed value and expiry, by the sessions' lattice
+  (see ``SAVE_SESSION_LUA``).  The key expires at the entry's expiry (PEXPIREAT, in
+  Redis's clock: the expiry was written in the writing node's, so the two differ by
+  the hosts' clock offset), so ``purge_sessions`` has nothing to do.
 
 The key is the username, so uniqueness is the key's existence: a Lua script checks and writes in one step, and two nodes
 racing for one name (even on two sides of a mesh partition, as long as both
@@ -48,7 +53,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from logonmesh.discovery import NAME_RE, NodeRow, StoredRecord, StoreUnavailable, UsernameTaken
+from logonmesh.discovery import NAME_RE, NodeRow, StoredRecord, StoredSession, StoreUnavailable, UsernameTaken
 from logonmesh.discovery.sqlite import pack_value, unpack_value
 
 log = logging.getLogger(__name__)
@@ -351,6 +356,46 @@ redis.call('HSET', KEYS[1], 'hlc', ARGV[1], 'origin', ARGV[2], 'value', ARGV[3])
 return 1
 """
 
+# The sessions' lattice (Store.save_sessions) in one step: an ending ('' value) beats a live entry, else the
+# higher (hlc, origin); a kept ending takes the later expiry.  Expiries are ms since the epoch: a Lua number
+# holds them exactly (53 bits are 285,000 years of ms).
+SAVE_SESSION_LUA = """
+local cur = redis.call('HMGET', KEYS[1], 'hlc', 'origin', 'value', 'expires')
+local dead, expires = ARGV[3] == '', tonumber(ARGV[4])
+local wins = true
+if cur[1] then
+  local was_dead = cur[3] == ''
+  if dead ~= was_dead then
+    wins = dead
+  else
+    wins = ARGV[1] > cur[1] or (ARGV[1] == cur[1] and ARGV[2] > cur[2])
+  end
+  if (wins and dead) or (not wins and was_dead) then
+    expires = math.max(expires, tonumber(cur[4]))
+  elseif not wins then
+    return 0
+  end
+  if not wins and expires == tonumber(cur[4]) then
+    return 0
+  end
+end
+if wins then
+  redis.call('HSET', KEYS[1], 'hlc', ARGV[1], 'origin', ARGV[2], 'value', ARGV[3], 'expires', expires)
+else
+  redis.call('HSET', KEYS[1], 'expires', expires)
+end
+if expires > 0 then
+  redis.call('PEXPIREAT', KEYS[1], expires)
+end
+return 1
+"""
+
+
+def _packed_hex(value: object) -> str:
+    """A value as a reply-safe string: "x" and the hex of its msgpack, or "" for an ending."""
+    packed = pack_value(value)
+    return "" if packed is None else "x" + packed.hex()
+
 
 class RedisStore:
     """The Store protocol on Redis, for one thread.
@@ -364,6 +409,7 @@ class RedisStore:
         self.bad_rows = 0
         self._insert = self.link.client.register_script(INSERT_LUA)
         self._save_record = self.link.client.register_script(SAVE_RECORD_LUA)
+        self._save_session = self.link.client.register_script(SAVE_SESSION_LUA)
 
     def _key(self, username: str) -> str:
         return self.link.key("user", username)
@@ -425,8 +471,7 @@ class RedisStore:
 
     def save_record(self, record: StoredRecord) -> None:
         """One hash per record, its version included; the value as hex (the client decodes replies as text)."""
-        packed = pack_value(record.value)
-        args = [f"{record.hlc:020d}", record.origin, "" if packed is None else "x" + packed.hex()]
+        args = [f"{record.hlc:020d}", record.origin, _packed_hex(record.value)]
         self.link.call("store a record", lambda c: self._save_record(
             keys=[self.link.key("record", record.key)], args=args, client=c))
 
@@ -442,6 +487,45 @@ class RedisStore:
                     if fields:  # an empty dict was deleted between SCAN and HGETALL
                         self.bad_rows += 1
                         log.warning("ignoring a malformed record hash %s", key[:80])
+
+    def _session_key(self, kind: str, key: str) -> str:
+        return self.link.key("session", kind, key)
+
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        """The whole batch in one pipelined round trip, one script call per entry."""
+        if not sessions:
+            return
+
+        def run(c: redis.Redis) -> list:
+            pipe = c.pipeline(transaction=False)
+            for e in sessions:
+                self._save_session(keys=[self._session_key(e.kind, e.key)],
+                                   args=[f"{e.hlc:020d}", e.origin, _packed_hex(e.value), str(e.expires)],
+                                   client=pipe)
+            return pipe.execute()
+        self.link.call("store sessions", run)
+
+    def load_sessions(self, now_ms: int) -> Iterator[StoredSession]:
+        prefix = self.link.key("session") + ":"
+        for keys in self.link.scan("load the sessions", glob_escape(prefix) + "*", self.page):
+            for key, fields in zip(keys, self.link.hgetall_many("load the sessions", keys)):
+                if not fields:  # expired or deleted between SCAN and HGETALL
+                    continue
+                try:
+                    kind, _, own = key[len(prefix):].partition(":")
+                    blob, expires = fields["value"], int(fields["expires"])
+                    value = unpack_value(bytes.fromhex(blob[1:]) if blob else None)
+                    entry = StoredSession(kind, own, int(fields["hlc"]), fields["origin"], value, expires)
+                except (KeyError, ValueError, TypeError):
+                    self.bad_rows += 1
+                    log.warning("ignoring a malformed session hash (its key names a credential: not shown)")
+                    continue
+                if not expires or expires > now_ms:
+                    yield entry
+
+    def purge_sessions(self, now_ms: int) -> int:
+        """Nothing to do: each key expires by itself (PEXPIREAT)."""
+        return 0
 
     def close(self) -> None:
         self.link.close()

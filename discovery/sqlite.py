@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import msgpack
 import sqlite_utils
 
-from logonmesh.discovery import NodeRow, StoredRecord, UsernameTaken
+from logonmesh.discovery import NodeRow, StoredRecord, StoredSession, UsernameTaken
 
 BUSY_TIMEOUT_MS = 750  # below the web's 1 s: a locked file says "unavailable" before the web gives up
 RETRY_S = 3.0
@@ -105,6 +105,10 @@ def ensure_tables(db: sqlite_utils.Database) -> None:
     users.create_index(["node"], if_not_exists=True)
     db.table("records").create({"key": str, "namespace": str, "hlc": int, "origin": str, "value": bytes},
                                pk="key", not_null={"namespace", "hlc", "origin"}, if_not_exists=True)
+    sessions = db.table("sessions")
+    sessions.create({"kind": str, "key": str, "hlc": int, "origin": str, "value": bytes, "expires": int},
+                    pk=("kind", "key"), not_null={"hlc", "origin", "expires"}, if_not_exists=True)
+    sessions.create_index(["expires"], if_not_exists=True)
 
 
 def pack_value(value: Any) -> bytes | None:
@@ -123,6 +127,27 @@ on conflict(key) do update set namespace = excluded.namespace, hlc = excluded.hl
     origin = excluded.origin, value = excluded.value
 where excluded.hlc > records.hlc or (excluded.hlc = records.hlc and excluded.origin > records.origin)
 """
+
+# The sessions' lattice in SQL (see Store.save_sessions): an ending beats a live row, else the higher version.
+# Every expression of an upsert's SET reads the old row, so the rule can be written once and used four times.
+_NEW_WINS = """(excluded.value is null and sessions.value is not null
+  or (excluded.value is null) = (sessions.value is null)
+     and (excluded.hlc > sessions.hlc or excluded.hlc = sessions.hlc and excluded.origin > sessions.origin))"""
+SAVE_SESSION_SQL = f"""
+insert into sessions (kind, key, hlc, origin, value, expires) values (?, ?, ?, ?, ?, ?)
+on conflict(kind, key) do update set
+    hlc = case when {_NEW_WINS} then excluded.hlc else sessions.hlc end,
+    origin = case when {_NEW_WINS} then excluded.origin else sessions.origin end,
+    value = case when {_NEW_WINS} then excluded.value else sessions.value end,
+    expires = case when {_NEW_WINS} and excluded.value is not null then excluded.expires
+                   when {_NEW_WINS} or sessions.value is null then max(excluded.expires, sessions.expires)
+                   else sessions.expires end
+where {_NEW_WINS} or (sessions.value is null and excluded.expires > sessions.expires)
+"""
+
+
+def session_row(entry: StoredSession) -> tuple:
+    return (entry.kind, entry.key, entry.hlc, entry.origin, pack_value(entry.value), entry.expires)
 
 
 class SqliteStore:
@@ -162,6 +187,33 @@ class SqliteStore:
     def load_records(self) -> Iterator[StoredRecord]:
         for row in self.db.query("select key, hlc, origin, value from records"):
             yield StoredRecord(row["key"], row["hlc"], row["origin"], unpack_value(row["value"]))
+
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        """One transaction for the whole batch: one fsync and one hold of the shared file's write lock."""
+        rows = [session_row(entry) for entry in sessions]
+
+        def run() -> None:
+            conn = self.db.conn
+            conn.execute("begin immediate")
+            try:
+                conn.executemany(SAVE_SESSION_SQL, rows)
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+        if rows:
+            with_retry(run, RETRY_S)
+
+    def load_sessions(self, now_ms: int) -> Iterator[StoredSession]:
+        query = "select kind, key, hlc, origin, value, expires from sessions where expires = 0 or expires > ?"
+        for row in self.db.query(query, [now_ms]):
+            yield StoredSession(row["kind"], row["key"], row["hlc"], row["origin"], unpack_value(row["value"]),
+                                row["expires"])
+
+    def purge_sessions(self, now_ms: int) -> int:
+        cur = with_retry(lambda: self.db.execute("delete from sessions where expires > 0 and expires <= ?",
+                                                 [now_ms]), RETRY_S)
+        return cur.rowcount
 
     def close(self) -> None:
         self.db.conn.close()

@@ -26,7 +26,7 @@ def test_quick_bench_writes_table_json_and_cdf(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (out / "latest.md").read_text()
     for figure in ("1. Merge propagation", "2. GET /budget", "3. Sign-ups", "4. Boot", "5. 2 nodes", "6. Heal",
-                   "7. Read flask.session", "7c. Session write"):
+                   "7. Read flask.session", "7c. Session write", "8. Login, daemon part", "8c. Figure 1"):
         assert figure in table, table
     assert "FAILED" not in table
     raw = json.loads((out / "latest.json").read_text())
