@@ -625,3 +625,23 @@ def test_tap_and_ping_speak_curve_when_the_cluster_does():
         c.env["LOGONMESH_CURVE"] = "0"
         one_line_error(run(c, "tap", "--count", "1"), 2, "the handshake with node n")
         assert run(c, "ping", "n2", "--count", "1", "--timeout", "0.3").returncode == 1
+
+
+def test_a_curve_node_and_a_plain_one_say_in_their_logs_and_in_peers_why_they_never_talk():
+    """n1 has --curve, n2 not: every handshake between them fails, and both sides name the cause."""
+    with LocalCluster(heartbeat_ms=100, env={"LOGONMESH_CURVE": "1"}) as c:
+        n1, = c.start_nodes("n", 1, web=False)
+        c.env["LOGONMESH_CURVE"] = "0"
+        n2, = c.start_nodes("n", 1, web=False, wait=False)
+        reason = "handshake failed: one side has --curve, the other not"
+        for node, other in ((n1, n2), (n2, n1)):
+            eventually(lambda: _assert_in(f"peer {other.name} at tcp://", node.logs()), timeout=20)
+            assert f": {reason}" in node.logs() and node.logs().count(reason) == 1, node.logs()
+            proc = run(c, "peers", "--node", node.name)
+            assert f"{other.name} is down: {reason}" in proc.stdout, proc.stdout
+            assert node.call("status")["stats"]["handshake_failures"] >= 1
+
+
+def _assert_in(text: str, haystack: str) -> None:
+    assert text in haystack, haystack[-2000:]
+
