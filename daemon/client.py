@@ -33,6 +33,14 @@ class DaemonUnavailable(ConnectionError):
     """The daemon did not answer in time, or there is no socket to talk to."""
 
 
+class WrongCookie(DaemonUnavailable):
+    """A reply came but failed its signature check: this side and the daemon hold different cookies.
+
+    Told apart from silence because the cure differs: a wrong cookie never
+    heals by waiting, a paused or overloaded daemon does.
+    """
+
+
 class DaemonError(RuntimeError):
     """The daemon answered with an error: ``code`` is stable (``wire.ERROR_CODES``), the message is for people.
 
@@ -56,7 +64,7 @@ class DaemonClient:
         self._ids = itertools.count(1)
 
     def call(self, op: str, timeout_ms: int | None = None, **args: Any) -> Any:
-        """Send one request and wait for its reply; raise DaemonUnavailable or DaemonError."""
+        """Send one request and wait for its reply; raise DaemonUnavailable (WrongCookie) or DaemonError."""
         if not os.path.exists(self.ipc_path):
             raise DaemonUnavailable(f"no daemon is running (no socket at {self.ipc_path})")
         if not os.access(self.ipc_path, os.R_OK | os.W_OK):
@@ -81,8 +89,14 @@ class DaemonClient:
                 break
             try:
                 env = self._codec.decode(sock.recv(zmq.NOBLOCK))
-            except (zmq.Again, wire.WireError):
+            except zmq.Again:
                 continue
+            except wire.WireError as exc:
+                if exc.reason != "bad_signature":
+                    continue
+                self._reset()
+                raise WrongCookie("the daemon answered, but its reply failed the signature check: "
+                                  "the cookies differ") from None
             if env.type != "rep" or env.payload["id"] not in (req_id, 0):
                 continue  # a late answer to an earlier, timed-out request
             if not env.payload["ok"]:

@@ -24,6 +24,21 @@ from logonmesh.discovery import NodeRow
 log = logging.getLogger(__name__)
 
 BEAT_SAMPLES = 30  # heartbeat gaps kept per peer, for the web's /cluster chart
+# libzmq's ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: one side speaks CURVE, the other NULL
+MECHANISM_MISMATCH = 0x11000002
+
+
+def handshake_reason(event: str, value: int) -> str:
+    """Why a handshake with a peer failed, in words a person can act on (short: ``peers`` shows it in 80 columns).
+
+    Every frame is signed with the cookie and the CURVE keys derive from it
+    too, so the handshake fails for two causes only: one side has ``--curve``
+    and the other not (the mechanisms differ), or both have it with different
+    cookies (the keys differ).  libzmq tells the first apart; then we say so.
+    """
+    if event == "HANDSHAKE_FAILED_PROTOCOL" and value == MECHANISM_MISMATCH:
+        return "handshake failed: one side has --curve, the other not"
+    return "handshake failed: they disagree on --curve, or the cookies differ"
 
 
 def monotonic_ms() -> float:
@@ -50,6 +65,7 @@ class Peer:
     clock: Offset = field(default_factory=Offset, repr=False)  # its clock minus ours
     skew_warned_at: float | None = None  # monotonic ms of the last warning that its clock is beyond the maximum
     left_incarnation: int = 0       # the incarnation that said "bye" (0: it has not left)
+    handshake_failure: str = ""     # the last reason logged for a failed handshake ("": none since heard)
 
     @property
     def left(self) -> bool:
@@ -127,6 +143,7 @@ class Membership:
     def heard(self, peer: Peer, now: float) -> bool:
         """A bus message arrived from peer; True when this brings it up."""
         peer.last_heard = now
+        peer.handshake_failure = ""
         if peer.up:
             return False
         peer.up, peer.lost_at, peer.change_reason = True, None, "heartbeat"
@@ -145,6 +162,19 @@ class Membership:
             log.warning("peer %s down (%s)", peer.name, reason)
         peer.up, peer.lost_at, peer.change_reason = False, now, reason
         peer.mismatches = 0
+
+    def handshake_failed(self, peer: Peer, event: str, value: int) -> bool:
+        """The dealer towards peer failed its handshake; True when this is news (the caller logs it once).
+
+        A peer that is down shows the cause as its reason; one that is up (heard on
+        the bus despite it) keeps its state, since the bus is the judge of liveness.
+        """
+        reason = handshake_reason(event, value)
+        if not peer.up:
+            peer.change_reason = reason
+        news = reason != peer.handshake_failure
+        peer.handshake_failure = reason
+        return news
 
     def expire(self, now: float) -> tuple[list[Peer], list[Peer]]:
         """Mark silent peers down; forget long-lost ones.  Returns (went down, forgotten)."""

@@ -321,6 +321,9 @@ class Daemon:
         try:
             if sock in handlers:
                 handlers[sock]()
+            elif sock in dealers and self.dealers.is_monitor(sock):
+                for failure in self.dealers.failures(sock):
+                    self.replica.handshake_failed(dealers[sock], *failure)
             elif sock in dealers:
                 self._on_peer_reply(dealers[sock], sock)
         except Exception:

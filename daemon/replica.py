@@ -343,6 +343,13 @@ class Replica:
     def count(self, stat: str, n: int = 1) -> None:
         self.stats[stat] += n
 
+    def handshake_failed(self, peer_name: str, event: str, value: int, endpoint: str) -> None:
+        """The shell's dealer towards a peer reports a failed ZMTP handshake: count it, explain it once."""
+        self.stats["handshake_failures"] += 1
+        peer = self.membership.peers.get(peer_name)
+        if peer is not None and self.membership.handshake_failed(peer, event, value):
+            log.warning("peer %s at %s: %s", peer_name, endpoint, peer.handshake_failure)
+
     def _on_announce(self, env: wire.Envelope) -> list[Effect]:
         before = self.membership.peers.get(env.sender)
         peer, effects = self._learn(env.sender, env.payload["bus"], env.payload["peer"], env.incarnation)

@@ -31,6 +31,7 @@ from logonmesh.daemon.effects import (
     Send,
     Unfollow,
 )
+from logonmesh.daemon.membership import MECHANISM_MISMATCH
 from logonmesh.daemon.replica import MISMATCH_HEARTBEATS, STALE_ROW_FACTOR, Replica
 from logonmesh.discovery import NodeRow
 
@@ -770,3 +771,29 @@ def test_the_core_imports_no_io_library(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & FORBIDDEN
+
+
+def test_a_failed_handshake_is_the_reason_a_down_peer_shows_and_is_logged_once(caplog) -> None:
+    """libzmq retries the connect every ~100 ms; one line per cause is news, the rest only counts."""
+    r, b = replica(), Remote("b")
+    r.on_rows([b.row()])
+    caplog.set_level(logging.WARNING, logger="logonmesh.daemon.replica")
+    for _ in range(3):
+        r.handshake_failed("b", "HANDSHAKE_FAILED_PROTOCOL", MECHANISM_MISMATCH, router("b"))
+    assert r.stats["handshake_failures"] == 3
+    reason = "handshake failed: one side has --curve, the other not"
+    assert peer_view(r, "b")["reason"] == reason
+    assert [rec.getMessage() for rec in caplog.records] == [f"peer b at {router('b')}: {reason}"]
+    r.handshake_failed("b", "HANDSHAKE_FAILED_NO_DETAIL", 32, router("b"))  # both CURVE, other cookies
+    assert peer_view(r, "b")["reason"] == "handshake failed: they disagree on --curve, or the cookies differ"
+    assert len(caplog.records) == 2
+
+
+def test_a_failed_handshake_leaves_an_up_peer_up_and_an_unknown_one_is_only_counted() -> None:
+    r, b = replica(), Remote("b")
+    r.on_rows([b.row()])
+    met(r, b)
+    r.handshake_failed("b", "HANDSHAKE_FAILED_AUTH", 0, router("b"))
+    r.handshake_failed("nobody", "HANDSHAKE_FAILED_AUTH", 0, router("nobody"))
+    assert peer_view(r, "b")["state"] == "up" and peer_view(r, "b")["reason"] == "heartbeat"
+    assert r.stats["handshake_failures"] == 2 and r.peer_names() == ["b"]

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence, overload
+from typing import Any, Callable, Iterable, NoReturn, Sequence, overload
 
 import click
 
@@ -100,8 +100,39 @@ def ipc_of(settings: config.Settings, name: str) -> str:
     return config.ipc_path(settings.run_dir, name)
 
 
-def no_daemon(settings: config.Settings, name: str) -> None:
-    fail(f"no daemon is running for node {name} (no socket at {shown(ipc_of(settings, name))})")
+TABLE_HINT = "it has no row in the clusters table: is --db the cluster's database?"
+
+
+def unknown_node(names: Sequence[str], known: Iterable[str], hint: str) -> NoReturn:
+    """The one wording for a node name we know nothing of: which names we do know, and where we looked."""
+    fail(f"unknown node {', '.join(names)} (known: {', '.join(sorted(known)) or 'none'}); {hint}")
+
+
+def no_daemon(settings: config.Settings, name: str) -> NoReturn:
+    """No socket for ``name`` here: an unknown name, or a node whose daemon runs elsewhere or not at all."""
+    socket_ = f"no socket at {shown(ipc_of(settings, name))}"
+    running = running_daemons(settings)
+    registered = _registered(settings)
+    if name in registered:
+        fail(f"no daemon is running for node {name} here ({socket_}); it is in the clusters table: "
+             "is it stopped, or on another host?")
+    unknown_node([name], set(running) | registered, f"it has no row in the clusters table and {socket_}")
+
+
+def _registered(settings: config.Settings) -> set[str]:
+    """Names in the clusters table, or none when there is no table to read (a hint must not fail)."""
+    from logonmesh.discovery import file_path, open_registry
+    path = file_path(settings.db)
+    if path is not None and not os.path.exists(path):
+        return set()
+    try:
+        registry = open_registry(settings.db)
+        try:
+            return {r.id for r in registry.peers()}
+        finally:
+            registry.close()
+    except Exception:  # sqlite3, or another backend's error: this is only a hint
+        return set()
 
 
 def pick_node(settings: config.Settings, node: str | None) -> tuple[str, str]:
@@ -124,7 +155,8 @@ def pick_node(settings: config.Settings, node: str | None) -> tuple[str, str]:
 class Unreachable(Exception):
     """A daemon could not be asked, or refused; the message is one line for a person.
 
-    ``code`` is the daemon's error code when it refused (``wire.ERROR_CODES``), else "unreachable".
+    ``code`` is the daemon's error code when it refused (``wire.ERROR_CODES``), "wrong_cookie" when it
+    answered but not with our cookie, else "unreachable".
     """
 
     def __init__(self, message: str, code: str = "unreachable") -> None:
@@ -134,17 +166,20 @@ class Unreachable(Exception):
 
 def ask(settings: config.Settings, name: str, op: str, **args: Any) -> Any:
     """One request to a daemon; raise Unreachable with a one-line reason."""
-    from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
+    from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable, WrongCookie
     path = ipc_of(settings, name)
     if not os.path.exists(path):
         raise Unreachable(f"no daemon is running for node {name} (no socket at {shown(path)})")
     client = DaemonClient(path, cookie(settings), name="cli", timeout_ms=CALL_TIMEOUT_MS)
     try:
         return client.call(op, **args)
+    except WrongCookie:
+        raise Unreachable(f"wrong cookie: the daemon of node {name} answered, but not with our cookie "
+                          f"(socket {shown(path)}; check --cookie / LOGONMESH_COOKIE)", "wrong_cookie") from None
     except DaemonUnavailable as exc:
         if "did not answer" in str(exc):
             raise Unreachable(f"the daemon of node {name} did not answer within {CALL_TIMEOUT_MS} ms "
-                              f"(socket {shown(path)}; is the cookie right?)") from None
+                              f"(socket {shown(path)}; paused or overloaded?)") from None
         raise Unreachable(f"node {name}: {exc}") from None
     except DaemonError as exc:
         raise Unreachable(f"node {name} refused {op}: {exc} ({exc.code})", exc.code) from None

@@ -16,7 +16,7 @@ import click
 
 from logonmesh.commands.common import (
     Unreachable, ask, emit_json, fail, inspect_options, ipc_of, note, out, registry_rows, running_daemons, shown,
-    split_settings,
+    split_settings, unknown_node,
 )
 from logonmesh.daemon.config import NAME_RE, Settings
 
@@ -40,7 +40,8 @@ def partition(**values: Any) -> None:
     known = known_nodes(settings)
     unknown = sorted((targets | others) - known)
     if unknown:
-        fail(f"unknown node {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})")
+        unknown_node(unknown, known, "a node is known by its row in the clusters table or its daemon's socket "
+                     f"in {shown(settings.run_dir)}")
     if targets & others:
         fail(f"a node cannot be cut from itself: {', '.join(sorted(targets & others))} is on both sides")
     others = others or known - targets

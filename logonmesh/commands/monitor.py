@@ -66,8 +66,9 @@ def wait_hello(sub: zmq.Socket, key: bytes, name: str) -> None:
         try:
             env = wire.decode(key, sub.recv())
         except wire.WireError as exc:
-            fail(f"the monitor feed of node {name} sent a frame that fails verification ({exc.reason}); "
-                 "is the cookie right?")
+            if exc.reason == "bad_signature":
+                fail(f"wrong cookie: the monitor feed of node {name} answered, but not with our cookie")
+            fail(f"the monitor feed of node {name} sent a frame that fails verification ({exc.reason})")
         if env.type == "mon" and env.payload["event"] == HELLO:
             return
     fail(f"the monitor feed of node {name} did not answer within {HELLO_WAIT_S:g} s")

@@ -17,7 +17,8 @@ import zmq
 
 from logonmesh.daemon import wire
 from logonmesh.commands.common import (
-    cookie, emit_json, fail, inspect_options, out, registry_rows, secure, split_settings,
+    TABLE_HINT, Unreachable, ask, cookie, emit_json, inspect_options, note, out, registry_rows, running_daemons,
+    secure, split_settings, unknown_node,
 )
 
 
@@ -33,16 +34,33 @@ def ping(**values: Any) -> None:
     """Round trips to node NAME over its peer socket; exit 1 when none comes back."""
     settings, args = split_settings(values)
     name = args["node_name"]
-    row = next((r for r in registry_rows(settings) if r.id == name), None)
+    rows = registry_rows(settings)
+    row = next((r for r in rows if r.id == name), None)
     if row is None:
-        fail(f"unknown node {name}: not in the clusters table")
+        unknown_node([name], [r.id for r in rows], TABLE_HINT)
     secret = cookie(settings)
     pinger = Pinger(row.peer_endpoint, secret, args["timeout"], lambda sock: secure(settings, secret, sock))
     if not args["as_json"]:
         out(f"PING {name} at {row.peer_endpoint}")
     rtts = pinger.run(args["count"], args["interval"], None if args["as_json"] else _printer(name))
     report(name, row.peer_endpoint, args["count"], rtts, args["as_json"])
+    if not any(r is not None for r in rtts):
+        note(f"logonmesh: {why_no_pong(settings, name)}")
     raise SystemExit(0 if any(r is not None for r in rtts) else 1)
+
+
+def why_no_pong(settings: Any, name: str) -> str:
+    """A peer drops a ping it cannot verify without a word, so ask the node's ipc socket, when it is here, why."""
+    if name not in running_daemons(settings):
+        return (f"no pong from {name}: its daemon is down, or unreachable from here, "
+                "or its cookie differs (it runs elsewhere, so this cannot be told apart here)")
+    try:
+        ask(settings, name, "status")
+    except Unreachable as exc:
+        if exc.code == "wrong_cookie":
+            return f"no pong from {name}: wrong cookie (its daemon answers on ipc, but not with our cookie)"
+        return f"no pong from {name}: {exc}"
+    return f"no pong from {name}: its daemon answers on ipc, so the peer socket is cut off (a partition?)"
 
 
 def _printer(name: str):

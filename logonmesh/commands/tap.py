@@ -24,8 +24,8 @@ import zmq
 
 from logonmesh.daemon import wire
 from logonmesh.commands.common import (
-    WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out, registry_rows,
-    secure, split_settings,
+    TABLE_HINT, WIDTH, Stop, clip, clock, cookie, emit_json, fail, inspect_options, node_option, note, out,
+    registry_rows, secure, split_settings, unknown_node,
 )
 from logonmesh.daemon.kinds import KINDS, Entry
 
@@ -63,8 +63,7 @@ def choose(rows: list, names: tuple[str, ...]) -> dict[str, str]:
     by_name = {r.id: r.bus_endpoint for r in rows}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        fail(f"unknown node {', '.join(unknown)}: not in the clusters table "
-             f"(known: {', '.join(sorted(by_name)) or 'none'})")
+        unknown_node(unknown, by_name, TABLE_HINT)
     if not by_name:
         fail("the clusters table is empty: there is no bus to tap")
     return {n: by_name[n] for n in (names or sorted(by_name))}
