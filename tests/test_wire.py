@@ -21,6 +21,8 @@ from logonmesh.daemon import control, wire
 from logonmesh.daemon.kinds import Entry
 from logonmesh.daemon.wire import MAC_SIZE, SCHEMA, VALUE_SCHEMA, Codec, WireError, check_entry, decode, wire_key
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 COOKIE = b"a cluster cookie"
 KEY = wire_key(COOKIE)
 NAMES = st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True)
@@ -29,7 +31,7 @@ UINT64 = st.integers(0, 2**64 - 1)
 USER = ["u", "alice", 123 << 16, "0f" * 16,
         {"id": "0f" * 16, "username": "alice", "password_hash": "scrypt:x", "created_at": "2026-01-01T00:00:00+00:00"},
         0]
-SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 1_900_000_000_000]
+SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice", **SESSION_META}, 1_900_000_000_000]
 TOMBSTONE = ["s", "t" * 43, 125 << 16, "n2", None, 1_900_000_000_000]
 USER_TOMBSTONE = ["u", "bob", 5, "n1", None, 0]
 FAILURES = ["t", "alice@n1", 126 << 16, "n1", {"n": 3}, 1_900_000_000_000]
@@ -316,7 +318,7 @@ BAD_ENTRIES = {
     "value missing field": _entry(4, {k: v for k, v in GOOD_VALUE.items() if k != "password_hash"}),
     "value extra field": _entry(4, dict(GOOD_VALUE, admin=True)),
     "value wrong type": _entry(4, dict(GOOD_VALUE, id=5)),
-    "session value in a user": _entry(4, {"uid": "x", "user": "alice"}),
+    "session value in a user": _entry(4, {"uid": "x", "user": "alice", **SESSION_META}),
     "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
     "failure count not an int": ["t", "alice@n1", 1, "n1", {"n": "3"}, 5],
     "failure count with a user value": ["t", "alice@n1", 1, "n1", GOOD_VALUE, 5],
@@ -374,7 +376,8 @@ def test_edge_entries_are_valid(entry):
 def test_value_schema_matches_the_spec():
     assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "r", "d"}
     assert VALUE_SCHEMA["u"] == {"id": str, "username": str, "password_hash": str, "created_at": str}
-    assert VALUE_SCHEMA["s"] == {"uid": str, "user": str}
+    assert VALUE_SCHEMA["s"] == {"uid": str, "user": str, "node": str, "created_at": str, "last_seen": str,
+                                 "device": str}
     assert VALUE_SCHEMA["t"] == {"n": int}
     assert VALUE_SCHEMA["r"] == {"v": object}
     assert VALUE_SCHEMA["d"] == {"data": bytes}
