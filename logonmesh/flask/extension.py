@@ -150,7 +150,7 @@ class LogonMesh:
             session.clear()
             forget_user()
         if ended:
-            session_revoked.send(current_app._get_current_object(), username=username, session_ids=ended)
+            session_revoked.send(login.app(), username=username, session_ids=ended)
         return list(ended)
 
     def user(self) -> MeshUser | None:

@@ -27,7 +27,7 @@ from typing import Any, TypeGuard
 import msgpack
 from urllib.parse import urlsplit
 
-from flask import current_app, has_request_context, request, session
+from flask import Flask, current_app, has_request_context, request, session
 
 from logonmesh.daemon.kinds import session_id
 from logonmesh.flask.errors import MeshUnavailable
@@ -40,6 +40,11 @@ LEFT_AT_LOGIN = "_lm_login_left"   # ms the daemon session had left at login: th
 RETURN_PATH = "_lm_next"           # where to go after the login, a local path only
 RESERVED = (TOKEN, LEFT_AT_LOGIN, RETURN_PATH)
 SEEN_SUFFIX = "-t"                 # the last-seen entry's key: the session id and this
+
+
+def app() -> Flask:
+    """The app itself, not the proxy: blinker keys receivers by the sender object."""
+    return current_app._get_current_object()  # type: ignore[attr-defined]
 
 
 def now_ms() -> float:
@@ -119,7 +124,7 @@ def start_login(state: MeshState, username: str) -> None:
     _save_seen(state, left)
     if isinstance(old, str) and old != created["token"]:
         revoke(state, old)
-    session_started.send(current_app._get_current_object(), username=username, session_id=created["id"])
+    session_started.send(app(), username=username, session_id=created["id"])
 
 
 def current_session_id() -> str | None:
@@ -143,7 +148,7 @@ def end_login(state: MeshState, username: str | None = None) -> None:
     token = session.get(TOKEN)
     if isinstance(token, str):
         revoke(state, token)
-        session_ended.send(current_app._get_current_object(), username=username, session_id=session_id(token))
+        session_ended.send(app(), username=username, session_id=session_id(token))
     session.clear()  # saving an emptied session destroys it, and its last-seen entry, everywhere
 
 
