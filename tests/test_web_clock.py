@@ -146,6 +146,9 @@ class FakeDaemon:
         held = self.mesh.live(token)
         return None if held is None else self._answer(held)
 
+    def op_session_touch(self, token: str) -> dict[str, Any] | None:
+        return None if self.mesh.live(token) is None else {"last_seen": "now"}
+
     def op_session_revoke(self, token: str) -> dict[str, Any]:
         held = self.mesh.sessions[token]
         held.revoked = True

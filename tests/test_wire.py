@@ -80,7 +80,7 @@ def sign(body: bytes, key: bytes = KEY) -> bytes:
 SENT_AT = 1_700_000_000_123
 
 
-def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 4, sender: Any = "n1",
+def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 5, sender: Any = "n1",
              incarnation: Any = 9, seq: Any = 1, sent_at: Any = SENT_AT) -> bytes:
     return sign(pack([version, type_, sender, incarnation, seq, sent_at, {} if payload is None else payload]))
 
@@ -111,7 +111,7 @@ def test_round_trip_every_type(type_):
     codec = Codec(COOKIE, "n1", 42, clock=lambda: SENT_AT)
     frame = codec.encode(type_, SAMPLES[type_])
     env = decode(KEY, frame)
-    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (4, type_, "n1", 42, 1)
+    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (5, type_, "n1", 42, 1)
     assert env.sent_at == SENT_AT
     assert plain(env.payload) == SAMPLES[type_]
     assert codec.decode(frame) == env
@@ -129,9 +129,9 @@ def test_frame_layout_matches_the_spec():
     body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
     assert MAC_SIZE == 32
     assert mac == hmac.new(KEY, body, hashlib.sha256).digest()
-    assert msgpack.unpackb(body, raw=False) == [4, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
+    assert msgpack.unpackb(body, raw=False) == [5, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
     # bytes travel as msgpack bin, text as str: an independent encoder's frame is byte-identical
-    assert frame == sign(pack([4, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
+    assert frame == sign(pack([5, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
 
 
 def test_independently_built_frame_decodes():
@@ -168,10 +168,10 @@ def test_wrong_key_is_a_bad_signature():
 
 
 def test_unsigned_body_is_rejected():
-    body = pack([4, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
+    body = pack([5, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
     assert len(body) > MAC_SIZE
     assert reason_of(body) == "bad_signature"
-    assert reason_of(pack([4, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
+    assert reason_of(pack([5, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, MAC_SIZE])
@@ -207,7 +207,7 @@ def test_random_bytes_are_rejected(junk):
 # ---- envelope checks (validly signed, wrong inside) ------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255, "4", None, 4.0 + 0.5])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 255, "5", None, 5.0 + 0.5])
 def test_unknown_version(version):
     assert reason_of(envelope(version=version)) == "unknown_version"
 
@@ -221,14 +221,14 @@ def test_unknown_type(type_):
     b"\xc1",                                   # a byte msgpack never uses
     b"\x97\x01",                               # a 7-array cut short
     b"\xa2\xff\xfe",                           # a str that is not UTF-8
-    pack([4, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
+    pack([5, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
     pack({"version": 3}),                      # not an array
     pack(42),
-    pack([4, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
-    pack([4, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
-    pack([4, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
-    pack([4, "ack", "n1", 1, 1, 0, []]),       # payload not a map
-    pack([4, "ack", "n1", 1, 1, 0, None]),
+    pack([5, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
+    pack([5, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
+    pack([5, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
+    pack([5, "ack", "n1", 1, 1, 0, []]),       # payload not a map
+    pack([5, "ack", "n1", 1, 1, 0, None]),
 ], ids=lambda b: b[:12].hex())
 def test_malformed_bodies(body):
     assert reason_of(sign(body)) == "malformed"

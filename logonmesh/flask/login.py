@@ -124,7 +124,7 @@ def start_login(state: MeshState, username: str) -> None:
     _save_seen(state, left)
     if isinstance(old, str) and old != created["token"]:
         revoke(state, old)
-    session_started.send(app(), username=username, session_id=created["id"])
+    session_started.send(app(), username=username, session_id=session_id(created["token"]))
 
 
 def current_session_id() -> str | None:
