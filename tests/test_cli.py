@@ -476,7 +476,8 @@ def test_bare_logonmesh_prints_the_usage_and_the_subcommands_and_exits_0(tmp_pat
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("Usage: logonmesh ")
     listed = {line.split()[0] for line in lines if line.startswith("  ")}
-    assert listed == {"cache", "daemon", "heal", "monitor", "partition", "peers", "ping", "status", "tap", "web"}
+    assert listed == {"cache", "daemon", "heal", "monitor", "partition", "peers", "ping", "revoke",
+                      "sessions", "status", "tap", "web"}
     assert "Options:" not in proc.stdout and "logonmesh --help" in lines[-1]
 
 
