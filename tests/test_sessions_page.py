@@ -350,3 +350,20 @@ def test_the_api_lists_revokes_and_signals(app_on_node1: Any, nodes: tuple[Node,
 def _with_len(found: list, n: int) -> list:
     assert len(found) == n, found
     return found
+
+
+def test_using_a_session_moves_its_last_seen_on_every_node(request: pytest.FixtureRequest) -> None:
+    """With a 10 s idle lifetime the web refreshes its idle stamp (and so ``last_seen``) after 1 s of use."""
+    from logonmesh.pytest_plugin import attach_logs_on_failure
+    attach_logs_on_failure(request.config)
+    with LocalCluster(env={"LOGONMESH_SESSION_IDLE": "10"}) as cluster:
+        n1, n2 = cluster.start_nodes("node", 2, web=True)
+        username = new_user(n1)
+        b = logged_in(n1, username, FIREFOX)
+        first = eventually(lambda: _one(n2.client.call("sessions_of", username=username)))
+
+        def used_later() -> None:
+            assert b.at(n2.url).authenticated()
+            now = _one(n1.client.call("sessions_of", username=username))
+            assert now["last_seen"] > first["last_seen"] and now["created_at"] == first["created_at"], now
+        eventually(used_later, timeout=5.0, interval=0.3)

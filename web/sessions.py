@@ -61,4 +61,7 @@ def _row(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def _minute(iso: str) -> str:
-    return f"{iso[:10]} {iso[11:16]}" if len(iso) >= 16 else iso
+    """'2026-01-02T10:41:07.113+00:00' -> '2026-01-02 10:41 UTC' (the daemons write UTC); else as it is."""
+    if len(iso) < 16:
+        return iso
+    return f"{iso[:10]} {iso[11:16]}" + (" UTC" if iso.endswith(("+00:00", "Z")) else "")
