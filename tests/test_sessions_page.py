@@ -367,3 +367,44 @@ def test_using_a_session_moves_its_last_seen_on_every_node(request: pytest.Fixtu
             now = _one(n1.client.call("sessions_of", username=username))
             assert now["last_seen"] > first["last_seen"] and now["created_at"] == first["created_at"], now
         eventually(used_later, timeout=5.0, interval=0.3)
+
+
+def test_peer_signals_follow_a_peer_going_down_and_coming_back(request: pytest.FixtureRequest) -> None:
+    from logonmesh.flask import peer_down, peer_up
+    from logonmesh.pytest_plugin import attach_logs_on_failure
+    from logonmesh.web import create_app
+    attach_logs_on_failure(request.config)
+    with LocalCluster() as cluster:
+        _, n2 = cluster.start_nodes("n", 2, web=False)
+        config = {k: v for k, v in cluster.env.items() if k.startswith("LOGONMESH_")}
+        app = create_app({**config, "LOGONMESH_NODE": "n1", "TESTING": True})
+        heard: list[tuple[str, str]] = []
+
+        def up(sender: Any, node: str) -> None:
+            heard.append(("up", node))
+
+        def down(sender: Any, node: str) -> None:
+            heard.append(("down", node))
+        peer_up.connect(up, app)
+        peer_down.connect(down, app)
+        watch = app.extensions["logonmesh"].peers
+        try:
+            assert app.test_client().get("/healthz").status_code == 200  # the first request starts the watch
+            eventually(lambda: _known(watch.known, {"n2"}))
+            assert heard == []  # the baseline sends nothing
+            n2.stop()
+            eventually(lambda: _heard(heard, [("down", "n2")]))
+            n2.start()
+            eventually(lambda: _heard(heard, [("down", "n2"), ("up", "n2")]), timeout=10.0)
+        finally:
+            peer_up.disconnect(up, app)
+            peer_down.disconnect(down, app)
+            app.extensions["logonmesh"].close()
+
+
+def _known(known: Any, expected: set[str]) -> None:
+    assert known == expected, known
+
+
+def _heard(heard: list, expected: list) -> None:
+    assert heard == expected, heard

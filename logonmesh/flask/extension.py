@@ -52,6 +52,8 @@ class LogonMesh:
         if not app.config.get("SECRET_KEY"):  # the same on every node, so CSRF tokens and flashes travel
             app.config["SECRET_KEY"] = derive_key(state.cookie_key, b"logonmesh/app-secret/v1")
         app.session_interface = MeshSessionInterface()
+        state.peers.sender = app
+        app.before_request(state.peers.start)  # the peer signals follow from the first request on
 
     @staticmethod
     def _state() -> MeshState:

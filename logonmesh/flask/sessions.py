@@ -1,4 +1,5 @@
-"""A person's sessions across the cluster: the device they came from, the signals an app can follow.
+"""A person's sessions across the cluster: the device they came from, the signals an app can follow
+(sessions here, peers in ``peerwatch``).
 
 What a person sees of a session is its public id (a hash of the token, which
 cannot be used as one), the node that made it, when, when last used, and a
@@ -19,6 +20,8 @@ _signals = Namespace()
 session_started = _signals.signal("logonmesh.session-started")    # sender: the app; username, session_id
 session_ended = _signals.signal("logonmesh.session-ended")        # a logout: username, session_id
 session_revoked = _signals.signal("logonmesh.session-revoked")    # mesh.revoke: username, session_ids
+peer_up = _signals.signal("logonmesh.peer-up")                    # node: a peer this daemon now sees up
+peer_down = _signals.signal("logonmesh.peer-down")                # node: down, or left the cluster
 
 # (pattern, name): the first that matches names it, so the more specific come first
 _BROWSERS = [(r"Edg(?:e|A|iOS)?/", "Edge"), (r"OPR/|Opera", "Opera"), (r"Firefox/|FxiOS/", "Firefox"),
