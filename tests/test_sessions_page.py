@@ -408,3 +408,15 @@ def _known(known: Any, expected: set[str]) -> None:
 
 def _heard(heard: list, expected: list) -> None:
     assert heard == expected, heard
+
+
+def test_nobody_ends_another_persons_session_by_its_id(nodes: tuple[Node, Node]) -> None:
+    n1, n2 = nodes
+    alice, bob = new_user(n1), new_user(n1)
+    hers = logged_in(n2, alice, FIREFOX)
+    her_id = eventually(lambda: _one(n1.client.call("sessions_of", username=alice)))["id"]
+    his = logged_in(n1, bob, FIREFOX)
+    listed(his)
+    assert his.post_form("/sessions/revoke", {"session_id": her_id}).status_code == 303
+    assert "already ended" in his.get("/sessions").text
+    assert hers.at(n2.url).authenticated() and hers.at(n1.url).authenticated()
