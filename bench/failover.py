@@ -36,7 +36,7 @@ def one_size(n: int) -> dict:
         first = nodes[0]
         first.call("register", username="alice", password_hash="x")
         for _ in range(SESSIONS):
-            first.call("session_create", username="alice")
+            first.call("session_create", username="alice", device="test")
         eventually(lambda: len({node.status()["digest"] for node in nodes}) == 1, timeout=60, interval=0.05)
 
         t0 = time.perf_counter()

@@ -151,6 +151,8 @@ class Cache:
         self._namespaces: defaultdict[str, SortedKeys] = defaultdict(SortedKeys)  # record namespace -> entry keys
         self.persisted: frozenset[str] = frozenset()  # kinds whose changes are kept for the store (``persist``)
         self._unsaved: dict[tuple[str, str], None] = {}  # (kind, key) changed since the last ``take_unsaved``
+        # username -> tokens of their live sessions: "sessions of alice" reads a few keys, not every session
+        self._sessions_of: defaultdict[str, set[str]] = defaultdict(set)
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.kinds.values())
@@ -194,6 +196,8 @@ class Cache:
             heapq.heappush(self._expiry, (expires, kind, key))
         if kind == "r" and old is None:
             self._namespaces[split_record_key(key)[0]].add(key)
+        if kind == "s":
+            self._index_session(key, old[2] if old is not None else None, value)
         if kind in FEED_KINDS:
             self.feed_changes.append(Entry(*entry))
         if kind in self.persisted:
@@ -231,6 +235,22 @@ class Cache:
     @property
     def unsaved_count(self) -> int:
         return len(self._unsaved)
+
+    def _index_session(self, token: str, old: Any, new: Any) -> None:
+        """Keep ``_sessions_of`` to the live sessions: a revocation or a purge takes the token out."""
+        if old is not None and (new is None or new["user"] != old["user"]):
+            tokens = self._sessions_of.get(old["user"])
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._sessions_of[old["user"]]
+        if new is not None:
+            self._sessions_of[new["user"]].add(token)
+
+    def sessions_of(self, username: str) -> list[Entry]:
+        """The live sessions of a user (expired ones too until the purge takes them): by the index, not a scan."""
+        table = self.kinds["s"]
+        return [Entry("s", token, *_stored(table[token])) for token in sorted(self._sessions_of.get(username, ()))]
 
     def records(self, namespace: str, prefix: str = "") -> list[Entry]:
         """The records of a namespace whose own key starts with prefix, tombstones included, by key."""
@@ -273,6 +293,8 @@ class Cache:
             del table[key]
             if kind == "r":
                 self._namespaces[split_record_key(key)[0]].discard(key)
+            if kind == "s":
+                self._index_session(key, item[2], None)
             bucket = bucket_of(kind, key)
             self.digest.toggle(bucket, entry_hash(kind, key, item[0], item[1]))
             self._leaf_keys[kind][bucket].discard(key)

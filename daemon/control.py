@@ -19,12 +19,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from logonmesh.daemon import wire
-from logonmesh.daemon.cache import user_entry
+from logonmesh.daemon.cache import created_text, user_entry
 from logonmesh.daemon.kinds import (
     KINDS,
     SESSION_DATA,
     TOMBSTONE_GRACE_MS,
     Entry,
+    device_problem,
+    session_id,
     record_key,
     record_problem,
     session_data_problem,
@@ -47,9 +49,13 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ping": {},
     "register": {"username": str, "password_hash": str},
     "user": {"username": str},
-    "session_create": {"username": str},
+    "session_create": {"username": str, "device": str},
     "session_resolve": {"token": str},
     "session_revoke": {"token": str},
+    "session_touch": {"token": str},
+    "sessions_of": {"username": str},
+    "session_revoke_id": {"username": str, "id": str},
+    "session_revoke_all": {"username": str, "keep": (str, type(None))},
     "sessions_snapshot": {},
     "record_put": {"namespace": str, "key": str, "value": object},
     "record_get": {"namespace": str, "key": str},
@@ -145,15 +151,21 @@ class Control:
 
     # ---- sessions -------------------------------------------------------
 
-    def op_session_create(self, reply: Reply, username: str) -> None:
-        d = self.d
-        item = self.r.lookup("u", username)
+    def op_session_create(self, reply: Reply, username: str, device: str) -> None:
+        """A new token, and what its owner will see of it: this node, now, and the web's device description."""
+        d, r = self.d, self.r
+        problem = device_problem(device)
+        if problem:
+            return reply(error=problem, code="invalid")
+        item = r.lookup("u", username)
         if item is None:
             return reply(error="no such user", code="no_such_user")
         token = secrets.token_urlsafe(32)  # 256 bits
-        expires = self.r.now() + d.settings.session_ttl_s * 1000
-        d.write("s", token, {"uid": item[2]["id"], "user": username}, expires)
-        reply({"token": token, "expires": expires})
+        now = r.now()
+        expires = now + d.settings.session_ttl_s * 1000
+        d.write("s", token, {"uid": item[2]["id"], "user": username, "node": r.name, "created_at": created_text(now),
+                             "last_seen": created_text(now), "device": device}, expires)
+        reply({"token": token, "expires": expires, "id": session_id(token)})
 
     def op_session_resolve(self, reply: Reply, token: str) -> None:
         item = self.r.lookup("s", token)
@@ -168,14 +180,54 @@ class Control:
         partition) gets a full lifetime from now: the session began before this
         logout, so it ends before the tombstone does.
         """
-        d = self.d
         if not 0 < len(token) <= 256:  # no session has such a key, and peers would refuse its tombstone
             return reply(error="a token is 1 to 256 characters", code="invalid")
+        reply({"expires": self._revoke(token)})
+
+    def _revoke(self, token: str) -> int:
+        """Write the token's tombstone; returns its expiry."""
         item = self.r.lookup("s", token)
-        ends = item[3] if item else self.r.now() + d.settings.session_ttl_s * 1000
+        ends = item[3] if item else self.r.now() + self.d.settings.session_ttl_s * 1000
         expires = ends + TOMBSTONE_GRACE_MS
-        d.write("s", token, None, expires)
-        reply({"expires": expires})
+        self.d.write("s", token, None, expires)
+        return expires
+
+    def op_session_touch(self, reply: Reply, token: str) -> None:
+        """The web saw the session in use: a new version with ``last_seen`` now, same expiry, published.
+
+        Answers None for a session that is not live here (revoked, expired,
+        unknown): a touch never writes anything but a live session's own copy.
+        """
+        r = self.r
+        item = r.lookup("s", token) if 0 < len(token) <= 256 else None
+        if item is None or item[2] is None or item[3] <= r.now():
+            return reply(None)
+        last_seen = created_text(r.now())
+        self.d.write("s", token, {**item[2], "last_seen": last_seen}, item[3])
+        reply({"last_seen": last_seen})
+
+    def op_sessions_of(self, reply: Reply, username: str) -> None:
+        """The user's live sessions, oldest first, each under its public id (never the token)."""
+        reply([_session_view(entry) for entry in self._live_sessions(username)])
+
+    def op_session_revoke_id(self, reply: Reply, username: str, id: str) -> None:
+        """End the user's session with this public id, on every node; ``revoked`` is 0 when there is none."""
+        tokens = [e.key for e in self._live_sessions(username) if session_id(e.key) == id]
+        for token in tokens:
+            self._revoke(token)
+        reply({"revoked": len(tokens), "ids": [session_id(token) for token in tokens]})
+
+    def op_session_revoke_all(self, reply: Reply, username: str, keep: str | None) -> None:
+        """End every session of the user on every node, but the one whose public id is ``keep``, if given."""
+        tokens = [e.key for e in self._live_sessions(username) if session_id(e.key) != keep]
+        for token in tokens:
+            self._revoke(token)
+        reply({"revoked": len(tokens), "ids": [session_id(token) for token in tokens]})
+
+    def _live_sessions(self, username: str) -> list[Entry]:
+        now = self.r.now()
+        live = [e for e in self.r.sessions_of(username) if e.value is not None and e.expires > now]
+        return sorted(live, key=lambda e: (e.value["created_at"], e.key))
 
     def op_sessions_snapshot(self, reply: Reply) -> None:
         """Every entry of the mirrored kinds (sessions, records), stamped with the feed's sequence number."""
@@ -417,6 +469,13 @@ def _subjects(subjects: list) -> list[str]:
 def _sid_problem(sid: str) -> str | None:
     """The wire's own rule for the key of a session-data entry, so peers never refuse what we write."""
     return None if SESSION_DATA.key_ok(sid) else "a session id is 16 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"
+
+
+def _session_view(entry: Entry) -> dict:
+    """A session as people and tools see it: its public id, never its token."""
+    value = entry.value
+    return {"id": session_id(entry.key), "node": value["node"], "created_at": value["created_at"],
+            "last_seen": value["last_seen"], "device": value["device"], "expires": entry.expires}
 
 
 def _record_view(entry: Entry) -> dict:

@@ -14,6 +14,7 @@ This module does no I/O and imports nothing of the daemon.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ RECORD_KEY_MAX = 200            # characters of a record's own key (after its na
 RECORD_VALUE_MAX = 4096         # bytes of the value, packed with msgpack (use_bin_type=True)
 KEY_MAX = 256                   # characters of an entry key of every other kind
 TOMBSTONE_GRACE_MS = 60_000     # an ending outlives the longest copy it defeats by this much (see SECURITY.md)
+
+# ---- sessions: what a person sees of each of theirs --------------------------------------------
+
+DEVICE_MAX = 60                 # characters of a session's device description (from the User-Agent)
+SESSION_TEXT_MAX = 64           # characters of a session's node name and of each of its times
+SESSION_ID_LEN = 16             # hex digits of a session's public id (``session_id``)
 
 # ---- session data: a web session's whole dict, packed by the web, under its session id ----------
 
@@ -207,6 +214,26 @@ def _describe_session_data(entry: Entry) -> str:
     return f"session data {entry.key[:8]}… {size}"
 
 
+def device_problem(device: str) -> str | None:
+    """Why a session's device description is refused, else None: one rule for the ipc op and the wire."""
+    if len(device) > DEVICE_MAX or not device.isprintable():
+        return f"a device description is at most {DEVICE_MAX} printable characters"
+    return None
+
+
+def _session_problem(entry: Entry) -> str | None:
+    if entry.value is None:
+        return None
+    if any(len(entry.value[name]) > SESSION_TEXT_MAX for name in ("node", "created_at", "last_seen")):
+        return f"a session's node and times are at most {SESSION_TEXT_MAX} characters"
+    return device_problem(entry.value["device"])
+
+
+def session_id(token: str) -> str:
+    """What people and tools see of a session: not the token, and no way back to it (a hash's first 64 bits)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:SESSION_ID_LEN]
+
+
 def _tomb(entry: Entry, live: str, dead: str) -> str:
     return live if entry.value is not None else dead
 
@@ -218,10 +245,14 @@ USER = Kind(
     shown={"id": "id", "created_at": "created_at"}, secret=frozenset({"password_hash"}),
     value_problem=_user_problem)
 SESSION = Kind(
-    "s", "session", "sessions", {"uid": str, "user": str},
+    # node: where it was made; created_at, last_seen: ISO text by the clock of the node that wrote them;
+    # device: a few printable words the web made of the User-Agent (``DEVICE_MAX`` at most)
+    "s", "session", "sessions",
+    {"uid": str, "user": str, "node": str, "created_at": str, "last_seen": str, "device": str},
     durable=False, mirrored=True, owner=lambda key, value: value["user"] if value else None,
     describe=lambda e: f"session {e.key[:8]}… " + (f"of {e.value['user']}" if e.value else "revoked"),
-    shown={"user": "user"}, secret_key=True, ended_wins=True)
+    shown={"user": "user", "node": "node", "created_at": "created_at", "last_seen": "last_seen"},
+    secret_key=True, ended_wins=True, value_problem=_session_problem)
 FAILURES = Kind(
     "t", "login failure count", "login failure counts", {"n": int},
     durable=False, mirrored=False, owner=lambda key, value: key.rsplit("@", 1)[0],  # "<subject>@<node>"

@@ -518,6 +518,9 @@ class Replica:
     def entries(self, kind: str | None = None) -> Iterator[Entry]:
         return self.cache.entries(kind)
 
+    def sessions_of(self, username: str) -> list[Entry]:
+        return self.cache.sessions_of(username)
+
     def records(self, namespace: str, prefix: str = "") -> list[Entry]:
         """The live records of a namespace whose keys start with ``prefix``, ordered by key."""
         return self.cache.records(namespace, prefix)

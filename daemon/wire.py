@@ -31,7 +31,7 @@ import msgpack
 from logonmesh.daemon.config import NAME_RE
 from logonmesh.daemon.kinds import KINDS, Entry
 
-VERSION = 4
+VERSION = 5
 MAC_SIZE = 32
 SHORT_HASH = 8  # bytes of an entry hash that a repair uses to name an entry
 MAX_SEQ = 2**64 - 1

@@ -260,6 +260,15 @@ def test_a_visit_across_two_nodes(chromium: Any, local_cluster: LocalCluster, ou
         visit.watch.assert_clean(page)
         visit.shot("cluster")
 
+        # -- the sessions page on node1: the one login, made on node2, marked as this one
+        page.get_by_role("link", name="Sessions").click()
+        visit.expect_path(n1, "/sessions")
+        expect(page.locator("tr.session")).to_have_count(1)
+        expect(page.locator("tr.session.current")).to_contain_text("(this session)")
+        expect(page.locator("tr.session.current")).to_contain_text("node2")
+        visit.watch.assert_clean(page)
+        visit.shot("sessions")
+
         # -- an error page is a page too
         visit.watch.expected_statuses.add(404)
         visit.goto(f"{n1.url}/no-such-page")

@@ -215,7 +215,7 @@ def test_status_shows_one_daemons_view(cluster):
 
 def test_cache_shows_versions_but_never_a_hash_or_a_whole_token(cluster):
     n1 = cluster.node("n1")
-    token = n1.call("session_create", username="alice")["token"]
+    token = n1.call("session_create", username="alice", device="test")["token"]
     users = run(cluster, "cache")
     assert users.returncode == 0 and "alice" in users.stdout and "VERSION" in users.stdout
     sessions = run(cluster, "cache", "--sessions", "--user", "alice")
@@ -300,7 +300,7 @@ def test_every_refusal_reaches_the_client_with_its_code(cluster):
     n1 = cluster.node("n1")
     assert _code(n1, "register", username="alice", password_hash="x") == "taken"
     assert _code(n1, "register", username="a" * 257, password_hash="x") == "invalid"
-    assert _code(n1, "session_create", username="nobody-at-all") == "no_such_user"
+    assert _code(n1, "session_create", username="nobody-at-all", device="test") == "no_such_user"
     assert _code(n1, "no_such_op") == "unknown_op"
     assert _code(n1, "user", name="alice") == "bad_args"
     assert _code(n1, "lossy", fraction=2.0) == "invalid"
@@ -499,7 +499,8 @@ def test_bare_logonmesh_prints_the_usage_and_the_subcommands_and_exits_0(tmp_pat
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("Usage: logonmesh ")
     listed = {line.split()[0] for line in lines if line.startswith("  ")}
-    assert listed == {"cache", "daemon", "heal", "monitor", "partition", "peers", "ping", "status", "tap", "web"}
+    assert listed == {"cache", "daemon", "heal", "monitor", "partition", "peers", "ping", "revoke",
+                      "sessions", "status", "tap", "web"}
     assert "Options:" not in proc.stdout and "logonmesh --help" in lines[-1]
 
 

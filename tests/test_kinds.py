@@ -13,11 +13,13 @@ from logonmesh.daemon.kinds import (
     session_data_problem, split_record_key, supersedes,
 )
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 COOKIE = b"a cluster cookie"
 USER = Entry("u", "alice", 1 << 16, "0f" * 16,
              {"id": "0f" * 16, "username": "alice", "password_hash": "scrypt:do-not-print-me",
               "created_at": "2026-01-01T00:00:00+00:00"}, 0)
-SESSION = Entry("s", "T" * 43, 2 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 1_900_000_000_000)
+SESSION = Entry("s", "T" * 43, 2 << 16, "n1", {"uid": "0f" * 16, "user": "alice", **SESSION_META}, 1_900_000_000_000)
 FAILURES = Entry("t", "user:alice@n1", 3 << 16, "n1", {"n": 2}, 1_900_000_000_000)
 RECORD = Entry("r", "budget/alice/9a", 4 << 16, "n2", {"v": {"label": "rent", "cents": -5}}, 0)
 SID = "S1d-" + "x" * 40  # 43 characters, as 32 random bytes in URL-safe base64

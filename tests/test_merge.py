@@ -23,6 +23,8 @@ from logonmesh.daemon.hlc import COUNTER_BITS, HLC, physical, wall_ms
 from logonmesh.daemon.membership import Peer
 from logonmesh.daemon.sync import Repairs
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 NOW = 1_700_000_000_000
 TTL = 60_000
 KEYS = ["alice", "bob", "carol", "dave", "erin"]
@@ -49,7 +51,7 @@ def make_entry(kind: str, key: str, hlc: int, origin: str) -> Entry:
         key = key.ljust(16, "x")
         value = None if hlc % 3 == 0 else {"data": f"{origin}x{hlc}".encode()}
     else:
-        value = None if hlc % 3 == 0 else {"uid": f"{origin}x{hlc}", "user": key}
+        value = None if hlc % 3 == 0 else {"uid": f"{origin}x{hlc}", "user": key, **SESSION_META}
     # NOW-1000 .. NOW+3000, so some have already expired.  A later version never expires earlier than
     # an older one of the same key (a session-data put never shortens the version it replaces), and a
     # session's tombstone never before any live copy of its token (the daemon's revoke gives it the
@@ -161,7 +163,8 @@ def test_merge_returns_exactly_what_changed(entries):
 
 
 def session(hlc: int, origin: str = "n1", expires: int = NOW + TTL, value: dict | None = None, key: str = "tok"):
-    return ["s", key, hlc, origin, value if value is not None else {"uid": "u1", "user": "alice"}, expires]
+    shown = value if value is not None else {"uid": "u1", "user": "alice", **SESSION_META}
+    return ["s", key, hlc, origin, shown, expires]
 
 
 def tombstone(hlc: int, origin: str = "n2", expires: int = NOW + TTL, key: str = "tok"):

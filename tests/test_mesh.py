@@ -169,7 +169,7 @@ def test_user_session_and_revocation_replicate(pair):
     assert user == {"id": created["id"], "username": "alice", "password_hash": "scrypt:abc",
                     "created_at": created["created_at"]}
 
-    session = a.call("session_create", username="alice")
+    session = a.call("session_create", username="alice", device="test")
     assert len(session["token"]) >= 43  # 256 bits, url-safe base64
     found = eventually(lambda: resolves(b, session["token"]), timeout=REPLICATION_DEADLINE)
     assert found == {"user": "alice", "uid": created["id"], "expires": session["expires"]}
@@ -178,7 +178,7 @@ def test_user_session_and_revocation_replicate(pair):
     revoked(b, session["token"])
     eventually(lambda: revoked(a, session["token"]), timeout=REPLICATION_DEADLINE)
 
-    other = b.call("session_create", username="alice")       # and the other way round
+    other = b.call("session_create", username="alice", device="test")       # and the other way round
     eventually(lambda: resolves(a, other["token"]), timeout=REPLICATION_DEADLINE)
     a.call("session_revoke", token=other["token"])
     eventually(lambda: revoked(b, other["token"]), timeout=REPLICATION_DEADLINE)
@@ -192,7 +192,7 @@ def test_unknown_users_and_sessions(pair):
     assert a.call("user", username="nobody") is None
     assert a.call("session_resolve", token="no-such-token") is None
     with pytest.raises(DaemonError, match="no such user"):
-        a.call("session_create", username="nobody")
+        a.call("session_create", username="nobody", device="test")
 
 
 # ---- restart and late start -----------------------------------------------------------
@@ -204,8 +204,8 @@ def test_restart_keeps_users_and_gets_sessions_back():
         names = [f"user{i}" for i in range(20)]
         for name in names:
             a.call("register", username=name, password_hash="h")
-        live = [a.call("session_create", username=n)["token"] for n in names[:5]]
-        live += [b.call("session_create", username=n)["token"] for n in names[5:10]]
+        live = [a.call("session_create", username=n, device="test")["token"] for n in names[:5]]
+        live += [b.call("session_create", username=n, device="test")["token"] for n in names[5:10]]
         gone = [live.pop(0), live.pop()]
         a.call("session_revoke", token=gone[0])
         b.call("session_revoke", token=gone[1])
@@ -257,7 +257,7 @@ def test_late_start_gets_500_registrations_and_their_sessions(local_cluster):
     names = [f"early{i}" for i in range(500)]
     for i, name in enumerate(names):
         (a if i % 2 else b).call("register", username=name, password_hash="h")
-    tokens = [a.call("session_create", username=n)["token"] for n in names[:25]]
+    tokens = [a.call("session_create", username=n, device="test")["token"] for n in names[:25]]
     eventually(lambda: converged(local_cluster), timeout=5)
 
     started = time.monotonic()

@@ -65,7 +65,7 @@ def test_divergence_converges(trio: LocalCluster, leaves: int, per_leaf: int, ma
 def test_concurrent_writes_to_one_key_resolve_the_same_everywhere(trio: LocalCluster) -> None:
     n1, n2, n3 = trio.nodes
     n1.call("register", username="both-sides", password_hash="h")
-    token = n1.call("session_create", username="both-sides")["token"]
+    token = n1.call("session_create", username="both-sides", device="test")["token"]
     eventually(lambda: all(n.call("session_resolve", token=token) for n in trio.nodes))
     trio.partition([n1], [n2, n3])
     n1.call("session_revoke", token=token)
@@ -81,7 +81,7 @@ def test_concurrent_writes_to_one_key_resolve_the_same_everywhere(trio: LocalClu
 def test_a_node_cut_off_during_a_logout_never_brings_the_session_back(trio: LocalCluster) -> None:
     n1, n2, n3 = trio.nodes
     n1.call("register", username="cut-off", password_hash="h")
-    token = n1.call("session_create", username="cut-off")["token"]
+    token = n1.call("session_create", username="cut-off", device="test")["token"]
     eventually(lambda: n3.call("session_resolve", token=token) is not None)
     trio.isolate(n3)
     n1.call("session_revoke", token=token)
@@ -96,7 +96,7 @@ def test_a_node_down_during_a_logout_never_brings_the_session_back() -> None:
     with LocalCluster() as cluster:
         n1, n2 = cluster.start_nodes("k", 2, web=False)
         n1.call("register", username="down", password_hash="h")
-        token = n1.call("session_create", username="down")["token"]
+        token = n1.call("session_create", username="down", device="test")["token"]
         eventually(lambda: n2.call("session_resolve", token=token) is not None)
         n2.pause()
         n1.call("session_revoke", token=token)

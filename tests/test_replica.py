@@ -35,6 +35,8 @@ from logonmesh.daemon.membership import MECHANISM_MISMATCH
 from logonmesh.daemon.replica import MISMATCH_HEARTBEATS, STALE_ROW_FACTOR, Replica
 from logonmesh.discovery import NodeRow
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 COOKIE = b"replica-test-cookie"
 KEY = wire.wire_key(COOKIE)
 HEARTBEAT_MS = 100
@@ -128,7 +130,7 @@ def sends(effects: list[Effect], type_: str | None = None) -> list[Send]:
 
 
 def session(token: str, user: str, hlc: int, origin: str, expires: int) -> list:
-    return ["s", token, hlc, origin, {"uid": "u-" + user, "user": user}, expires]
+    return ["s", token, hlc, origin, {"uid": "u-" + user, "user": user, **SESSION_META}, expires]
 
 
 def user(name: str, uid: str) -> dict:
@@ -545,7 +547,7 @@ def test_versions_beyond_the_maximum_offset_do_not_drag_our_clock_but_writes_to_
     future = b.wall_ms() << 16
     r.on_bus(b.merge([["r", "ns/k", future, "b", {"v": 1}, 0], session("tok", "al", future, "b", b.wall_ms() + 9000)]))
     assert r.stats["versions_ahead_of_clock"] == 2
-    other, _ = r.write("s", "mine", {"uid": "u-al", "user": "al"}, clock.wall + 9000)
+    other, _ = r.write("s", "mine", {"uid": "u-al", "user": "al", **SESSION_META}, clock.wall + 9000)
     assert other.hlc >> 16 <= clock.wall + 500  # the cluster's clock stays near real time
     deleted, _ = r.write("r", "ns/k", None, 0)  # deleting what it read: above the version it replaces
     assert deleted.hlc > future and r.lookup("r", "ns/k")[2] is None
@@ -610,7 +612,7 @@ def test_replicas_whose_clocks_disagree_converge_and_stop_repairing(skew_ms: int
         world.advance(HEARTBEAT_MS)
         net.run("a", a.heartbeat())
         net.run("b", b.heartbeat())
-    net.run("a", a.write("s", "tok", {"uid": "u-al", "user": "al"}, a.now() + 60_000)[1])
+    net.run("a", a.write("s", "tok", {"uid": "u-al", "user": "al", **SESSION_META}, a.now() + 60_000)[1])
     net.run("a", a.write("t", "user:al@a", {"n": 1}, a.now() + 60_000)[1])
     net.run("b", b.write("s", "tok", None, b.now() + 60_000 + 60_000)[1])
     assert a.lookup("s", "tok")[2] is None and a.cache.digest.root == b.cache.digest.root
@@ -746,12 +748,12 @@ def test_a_lost_merge_is_healed_by_the_repair_the_gap_starts() -> None:
     net = Net({"a": a, "b": b})
     net.run("b", b.on_rows([Remote("a").row()]))
     net.run("a", a.heartbeat()[:1])  # b meets a and repairs (nothing to do)
-    _, lost = a.write("s", "tok", {"uid": "u-al", "user": "al"}, T0_WALL + 60_000)
+    _, lost = a.write("s", "tok", {"uid": "u-al", "user": "al", **SESSION_META}, T0_WALL + 60_000)
     net.codecs["a"][0].encode(lost[0].type, lost[0].payload)  # PUB/SUB drops it on the way to b
     assert not b.has("s", "tok")
     net.run("a", a.heartbeat()[:1])  # the next heartbeat shows b a gap
     assert b.stats["seq_gaps"] == 1
-    assert b.lookup("s", "tok")[2] == {"uid": "u-al", "user": "al"}
+    assert b.lookup("s", "tok")[2] == {"uid": "u-al", "user": "al", **SESSION_META}
     assert a.cache.digest.root == b.cache.digest.root
 
 

@@ -30,6 +30,8 @@ from logonmesh.daemon.kinds import SESSION_DATA_MAX, TOMBSTONE_GRACE_MS, Entry
 from logonmesh.testing import LocalCluster, Node, eventually
 from logonmesh.flask.mirror import UNKNOWN, SessionMirror, held_after
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 DEADLINE = 2.0
 TEN_YEARS_S = 10 * 365 * 86400
 
@@ -364,7 +366,7 @@ def test_a_snapshot_replaces_what_the_mirror_held(mirror):
     mirror.client = FakeDaemon([Entry("d", kept, 5, "n1", {"data": b"kept"}, later()),
                                 Entry("d", dead, 4, "n1", {"data": b"x"}, later()),
                                 Entry("d", dead, 3, "n2", None, later()),
-                                Entry("s", "t" * 43, 1, "n1", {"uid": "u", "user": "al"}, later())])
+                                Entry("s", "t" * 43, 1, "n1", {"uid": "u", "user": "al", **SESSION_META}, later())])
     assert mirror._snapshot()
     assert mirror.session_data(kept) == b"kept" and mirror.session_data(dead) is None
     assert mirror.session_data(dropped) is UNKNOWN

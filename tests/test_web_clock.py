@@ -137,7 +137,7 @@ class FakeDaemon:
     def op_peers(self) -> dict[str, Any]:
         return self.mesh.peers_report
 
-    def op_session_create(self, username: str) -> dict[str, Any]:
+    def op_session_create(self, username: str, device: str = "") -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
         held = self.mesh.sessions[token] = Held(username, f"id-{username}", self.mesh.real_ms + TTL_S * 1000)
         return {"token": token, "expires": held.expires_real_ms + self.offset_ms}
@@ -145,6 +145,9 @@ class FakeDaemon:
     def op_session_resolve(self, token: str) -> dict[str, Any] | None:
         held = self.mesh.live(token)
         return None if held is None else self._answer(held)
+
+    def op_session_touch(self, token: str) -> dict[str, Any] | None:
+        return None if self.mesh.live(token) is None else {"last_seen": "now"}
 
     def op_session_revoke(self, token: str) -> dict[str, Any]:
         held = self.mesh.sessions[token]

@@ -21,6 +21,8 @@ from logonmesh.daemon import control, wire
 from logonmesh.daemon.kinds import Entry
 from logonmesh.daemon.wire import MAC_SIZE, SCHEMA, VALUE_SCHEMA, Codec, WireError, check_entry, decode, wire_key
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 COOKIE = b"a cluster cookie"
 KEY = wire_key(COOKIE)
 NAMES = st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True)
@@ -29,7 +31,7 @@ UINT64 = st.integers(0, 2**64 - 1)
 USER = ["u", "alice", 123 << 16, "0f" * 16,
         {"id": "0f" * 16, "username": "alice", "password_hash": "scrypt:x", "created_at": "2026-01-01T00:00:00+00:00"},
         0]
-SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice"}, 1_900_000_000_000]
+SESSION = ["s", "t" * 43, 124 << 16, "n1", {"uid": "0f" * 16, "user": "alice", **SESSION_META}, 1_900_000_000_000]
 TOMBSTONE = ["s", "t" * 43, 125 << 16, "n2", None, 1_900_000_000_000]
 USER_TOMBSTONE = ["u", "bob", 5, "n1", None, 0]
 FAILURES = ["t", "alice@n1", 126 << 16, "n1", {"n": 3}, 1_900_000_000_000]
@@ -78,7 +80,7 @@ def sign(body: bytes, key: bytes = KEY) -> bytes:
 SENT_AT = 1_700_000_000_123
 
 
-def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 4, sender: Any = "n1",
+def envelope(type_: str = "ack", payload: Any = None, *, version: Any = 5, sender: Any = "n1",
              incarnation: Any = 9, seq: Any = 1, sent_at: Any = SENT_AT) -> bytes:
     return sign(pack([version, type_, sender, incarnation, seq, sent_at, {} if payload is None else payload]))
 
@@ -109,7 +111,7 @@ def test_round_trip_every_type(type_):
     codec = Codec(COOKIE, "n1", 42, clock=lambda: SENT_AT)
     frame = codec.encode(type_, SAMPLES[type_])
     env = decode(KEY, frame)
-    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (4, type_, "n1", 42, 1)
+    assert (env.version, env.type, env.sender, env.incarnation, env.seq) == (5, type_, "n1", 42, 1)
     assert env.sent_at == SENT_AT
     assert plain(env.payload) == SAMPLES[type_]
     assert codec.decode(frame) == env
@@ -127,9 +129,9 @@ def test_frame_layout_matches_the_spec():
     body, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
     assert MAC_SIZE == 32
     assert mac == hmac.new(KEY, body, hashlib.sha256).digest()
-    assert msgpack.unpackb(body, raw=False) == [4, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
+    assert msgpack.unpackb(body, raw=False) == [5, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]
     # bytes travel as msgpack bin, text as str: an independent encoder's frame is byte-identical
-    assert frame == sign(pack([4, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
+    assert frame == sign(pack([5, "hb", "node-7", 2**63, 1, SENT_AT, SAMPLES["hb"]]))
 
 
 def test_independently_built_frame_decodes():
@@ -166,10 +168,10 @@ def test_wrong_key_is_a_bad_signature():
 
 
 def test_unsigned_body_is_rejected():
-    body = pack([4, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
+    body = pack([5, "hb", "n1", 1, 1, SENT_AT, SAMPLES["hb"]])
     assert len(body) > MAC_SIZE
     assert reason_of(body) == "bad_signature"
-    assert reason_of(pack([4, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
+    assert reason_of(pack([5, "ack", "n1", 1, 1, 0, {}])) == "truncated"  # not even a MAC's worth of bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, MAC_SIZE])
@@ -205,7 +207,7 @@ def test_random_bytes_are_rejected(junk):
 # ---- envelope checks (validly signed, wrong inside) ------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255, "4", None, 4.0 + 0.5])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 255, "5", None, 5.0 + 0.5])
 def test_unknown_version(version):
     assert reason_of(envelope(version=version)) == "unknown_version"
 
@@ -219,14 +221,14 @@ def test_unknown_type(type_):
     b"\xc1",                                   # a byte msgpack never uses
     b"\x97\x01",                               # a 7-array cut short
     b"\xa2\xff\xfe",                           # a str that is not UTF-8
-    pack([4, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
+    pack([5, "ack", "n1", 1, 1, 0, {}]) + b"\x00",  # trailing data
     pack({"version": 3}),                      # not an array
     pack(42),
-    pack([4, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
-    pack([4, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
-    pack([4, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
-    pack([4, "ack", "n1", 1, 1, 0, []]),       # payload not a map
-    pack([4, "ack", "n1", 1, 1, 0, None]),
+    pack([5, "ack", "n1", 1, 1, {}]),          # 6 items (version 2's envelope, no sent_at)
+    pack([5, "ack", "n1", 1, 1, 0, {}, 0]),    # 8 items
+    pack([5, "ack", "n1", 1, 1, 0, {1: 2}]),   # a map key that is neither str nor bin
+    pack([5, "ack", "n1", 1, 1, 0, []]),       # payload not a map
+    pack([5, "ack", "n1", 1, 1, 0, None]),
 ], ids=lambda b: b[:12].hex())
 def test_malformed_bodies(body):
     assert reason_of(sign(body)) == "malformed"
@@ -316,7 +318,7 @@ BAD_ENTRIES = {
     "value missing field": _entry(4, {k: v for k, v in GOOD_VALUE.items() if k != "password_hash"}),
     "value extra field": _entry(4, dict(GOOD_VALUE, admin=True)),
     "value wrong type": _entry(4, dict(GOOD_VALUE, id=5)),
-    "session value in a user": _entry(4, {"uid": "x", "user": "alice"}),
+    "session value in a user": _entry(4, {"uid": "x", "user": "alice", **SESSION_META}),
     "user value in a session": ["s", "tok", 1, "n1", GOOD_VALUE, 5],
     "failure count not an int": ["t", "alice@n1", 1, "n1", {"n": "3"}, 5],
     "failure count with a user value": ["t", "alice@n1", 1, "n1", GOOD_VALUE, 5],
@@ -374,7 +376,8 @@ def test_edge_entries_are_valid(entry):
 def test_value_schema_matches_the_spec():
     assert set(VALUE_SCHEMA) == set(wire.ENTRY_KINDS) == {"u", "s", "t", "r", "d"}
     assert VALUE_SCHEMA["u"] == {"id": str, "username": str, "password_hash": str, "created_at": str}
-    assert VALUE_SCHEMA["s"] == {"uid": str, "user": str}
+    assert VALUE_SCHEMA["s"] == {"uid": str, "user": str, "node": str, "created_at": str, "last_seen": str,
+                                 "device": str}
     assert VALUE_SCHEMA["t"] == {"n": int}
     assert VALUE_SCHEMA["r"] == {"v": object}
     assert VALUE_SCHEMA["d"] == {"data": bytes}

@@ -41,9 +41,10 @@ def create_app(config: Mapping[str, Any] | None = None, client: Any = None) -> F
 
 def _register(app: Flask) -> None:
     """Blueprints are imported here so that importing `web` alone stays cheap."""
-    from logonmesh.web import auth, errors, pages, security
+    from logonmesh.web import auth, errors, pages, security, sessions
     security.install(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(sessions.bp)
     app.register_blueprint(metrics_blueprint())  # GET /metrics, for Prometheus (docs/operations.md)
     errors.register(app)

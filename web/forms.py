@@ -44,6 +44,27 @@ class LogoutForm(FlaskForm):
     """No fields: it exists so that logging out needs a valid csrf_token."""
 
 
+SESSION_ID_RE = re.compile(r"[0-9a-f]{16}")  # a session's public id (what mesh.sessions lists)
+
+
+def revoke_target(form: FlaskForm, field: StringField) -> None:
+    """Exactly one of a session id and ``all_others=1``."""
+    session_id, all_others = form.session_id.data or "", form.all_others.data or ""
+    if all_others not in ("", "1"):
+        raise ValidationError("all_others is 1 or absent.")
+    if bool(session_id) == bool(all_others):
+        raise ValidationError("Choose one session, or all the others.")
+    if session_id and not SESSION_ID_RE.fullmatch(session_id):
+        raise ValidationError("That is not a session id.")
+
+
+class RevokeSessionForm(FlaskForm):
+    """End one session by its public id, or every other one (``all_others=1``); the csrf_token is checked."""
+
+    session_id = StringField("Session", validators=[revoke_target])
+    all_others = StringField("All others")
+
+
 # ---- the budget demo ------------------------------------------------------------
 
 LABEL_MAX = 80                      # what web.budget stores (budget.LABEL_MAX)

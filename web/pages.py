@@ -126,7 +126,8 @@ class Glance:
 def page_frame() -> dict[str, Any]:
     """For base.html: the footer's glance and the links only this app has (other apps may render the templates)."""
     glance = current_app.extensions.setdefault("logonmesh.glance", Glance())
-    return {"glance": glance.get(), "cluster_url": url_for("pages.cluster"), "node_name": mesh.node}
+    return {"glance": glance.get(), "cluster_url": url_for("pages.cluster"), "node_name": mesh.node,
+            "sessions_url": url_for("sessions.sessions")}
 
 
 @bp.get("/healthz")

@@ -29,6 +29,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "partition": "logonmesh.commands.faults",
     "heal": "logonmesh.commands.faults",
     "monitor": "logonmesh.commands.monitor",
+    "sessions": "logonmesh.commands.sessions", "revoke": "logonmesh.commands.sessions",
 }
 
 

@@ -17,9 +17,11 @@ from logonmesh.flask.errors import MeshError, MeshUnavailable, Refused, SessionT
 from logonmesh.flask.extension import LogonMesh
 from logonmesh.flask.metrics import metrics_blueprint
 from logonmesh.flask.records import Records
+from logonmesh.flask.sessions import peer_down, peer_up, session_ended, session_revoked, session_started
 from logonmesh.flask.users import AnonymousUser, MeshUser, current_user, login_required
 
 __all__ = [
     "AnonymousUser", "LogonMesh", "MeshError", "MeshUnavailable", "MeshUser", "Records", "Refused",
     "SessionTooLarge", "TooManyAttempts", "UsernameTaken", "current_user", "login_required", "metrics_blueprint",
+    "peer_down", "peer_up", "session_ended", "session_revoked", "session_started",
 ]

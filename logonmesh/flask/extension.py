@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from logonmesh.daemon.client import DaemonClient
@@ -22,6 +22,7 @@ from logonmesh.flask import login, throttle
 from logonmesh.flask.errors import MeshUnavailable, Refused, TooManyAttempts
 from logonmesh.flask.records import Records
 from logonmesh.flask.session import MeshSessionInterface
+from logonmesh.flask.sessions import session_revoked
 from logonmesh.flask.state import EXTENSION, MeshState, derive_key, settings_for
 from logonmesh.flask.users import MeshUser, current_user, forget_user
 
@@ -51,6 +52,8 @@ class LogonMesh:
         if not app.config.get("SECRET_KEY"):  # the same on every node, so CSRF tokens and flashes travel
             app.config["SECRET_KEY"] = derive_key(state.cookie_key, b"logonmesh/app-secret/v1")
         app.session_interface = MeshSessionInterface()
+        state.peers.sender = app
+        app.before_request(state.peers.start)  # the peer signals follow from the first request on
 
     @staticmethod
     def _state() -> MeshState:
@@ -111,8 +114,46 @@ class LogonMesh:
 
     def logout(self) -> None:
         """End the current session on every node: the token is revoked and the session data destroyed."""
-        login.end_login(self._state())
+        user = self.user()
+        login.end_login(self._state(), user.username if user is not None else None)
         forget_user()
+
+    # ---- a person's sessions, on every node ------------------------------
+
+    def sessions(self, username: str) -> list[dict[str, Any]]:
+        """The user's live sessions on the cluster, oldest first, as this node's daemon knows them.
+
+        Each is ``{id, node, created_at, last_seen, device, expires, current}``:
+        ``id`` is a public id (not the token, and useless as one), ``current``
+        says whether it is this request's own login.
+        """
+        mine = login.current_session_id()
+        return [{**found, "current": found["id"] == mine}
+                for found in self._state().call("sessions_of", username=username)]
+
+    def current_session_id(self) -> str | None:
+        """The public id of this request's own login, or None."""
+        return login.current_session_id()
+
+    def revoke(self, username: str, session_id: str | None = None, *, keep_current: bool = False) -> list[str]:
+        """End one of the user's sessions (by its public id), or with None all of them, on every node.
+
+        With ``session_id=None`` the current request's own session ends too,
+        unless ``keep_current`` (the "log out my other devices" button).
+        Outside a request (a script with an app context) there is no current session.
+        Returns the public ids it revoked, and sends ``session_revoked`` when there were any.
+        """
+        state, mine = self._state(), login.current_session_id()
+        if session_id is not None:
+            ended = state.call("session_revoke_id", username=username, id=session_id)["ids"]
+        else:
+            ended = state.call("session_revoke_all", username=username, keep=mine if keep_current else None)["ids"]
+        if mine is not None and mine in ended:  # this request is logged out too, at once
+            session.clear()
+            forget_user()
+        if ended:
+            session_revoked.send(login.app(), username=username, session_ids=ended)
+        return list(ended)
 
     def user(self) -> MeshUser | None:
         """The logged-in user of this request, or None (what ``current_user`` proxies, for Flask-Login)."""

@@ -27,10 +27,12 @@ from typing import Any, TypeGuard
 import msgpack
 from urllib.parse import urlsplit
 
-from flask import request, session
+from flask import Flask, current_app, has_request_context, request, session
 
+from logonmesh.daemon.kinds import session_id
 from logonmesh.flask.errors import MeshUnavailable
 from logonmesh.flask.mirror import UNKNOWN
+from logonmesh.flask.sessions import device_of, session_ended, session_started
 from logonmesh.flask.state import MeshState
 
 TOKEN = "_lm_token"                # the daemon's session token
@@ -38,6 +40,11 @@ LEFT_AT_LOGIN = "_lm_login_left"   # ms the daemon session had left at login: th
 RETURN_PATH = "_lm_next"           # where to go after the login, a local path only
 RESERVED = (TOKEN, LEFT_AT_LOGIN, RETURN_PATH)
 SEEN_SUFFIX = "-t"                 # the last-seen entry's key: the session id and this
+
+
+def app() -> Flask:
+    """The app itself, not the proxy: blinker keys receivers by the sender object."""
+    return current_app._get_current_object()  # type: ignore[attr-defined]
 
 
 def now_ms() -> float:
@@ -105,7 +112,7 @@ def start_login(state: MeshState, username: str) -> None:
     so nothing planted before the login (session fixation) survives it.
     """
     old, going_to = session.get(TOKEN), session.get(RETURN_PATH)
-    created = state.call("session_create", username=username)
+    created = state.call("session_create", username=username, device=device_of(request.headers.get("User-Agent")))
     session.clear()
     if going_to is not None:
         session[RETURN_PATH] = going_to
@@ -117,6 +124,13 @@ def start_login(state: MeshState, username: str) -> None:
     _save_seen(state, left)
     if isinstance(old, str) and old != created["token"]:
         revoke(state, old)
+    session_started.send(app(), username=username, session_id=session_id(created["token"]))
+
+
+def current_session_id() -> str | None:
+    """The public id of this request's login (what ``mesh.sessions`` lists), or None when nobody is logged in."""
+    token = session.get(TOKEN) if has_request_context() else None
+    return session_id(token) if isinstance(token, str) else None
 
 
 def revoke(state: MeshState, token: str) -> None:
@@ -125,12 +139,16 @@ def revoke(state: MeshState, token: str) -> None:
     state.mirror.revoked(token, revoked["expires"])
 
 
-def end_login(state: MeshState) -> None:
+def end_login(state: MeshState, username: str | None = None) -> None:
     """Revoke first (if the daemon is down this raises, and the session keeps its token for a retry), then
-    empty the session, which destroys its data on every node when the request ends."""
+    empty the session, which destroys its data on every node when the request ends.
+
+    ``session_ended`` is sent for a logout and for a login that outlived its idle or absolute lifetime.
+    """
     token = session.get(TOKEN)
     if isinstance(token, str):
         revoke(state, token)
+        session_ended.send(app(), username=username, session_id=session_id(token))
     session.clear()  # saving an emptied session destroys it, and its last-seen entry, everywhere
 
 
@@ -140,10 +158,11 @@ def _within_lifetimes(state: MeshState, found: dict[str, Any]) -> bool:
     left = _left_ms(found["expires"])
     if (not (_is_ms(at_login) and _is_ms(when_seen))
             or when_seen - left > state.idle_s * 1000 or at_login - left > state.absolute_s * 1000):
-        end_login(state)
+        end_login(state, found["user"])
         return False
     if when_seen - left >= refresh_every(state.idle_s) * 1000:
         _save_seen(state, left)
+        state.call("session_touch", token=session[TOKEN])  # what `sessions` shows as last used
     return True
 
 

@@ -351,7 +351,11 @@ class SessionMirror:
         sessions = self._sessions
         for kind, key, hlc, origin, value, expires in entries:
             if kind == "s":
-                sessions[key] = (None, None, expires) if value is None else (value["user"], value["uid"], expires)
+                held = sessions.get(key)
+                if value is None:
+                    sessions[key] = (None, None, expires)
+                elif held is None or held[0] is not None:  # a revocation is final: a later touch never undoes it
+                    sessions[key] = (value["user"], value["uid"], expires)
             elif kind == "r":
                 namespace, own = split_record_key(key)
                 self._hold(namespace, own, (hlc, origin, DELETED if value is None else value["v"]))

@@ -20,6 +20,7 @@ from logonmesh.daemon.client import DaemonClient, DaemonError, DaemonUnavailable
 from logonmesh.flask.errors import MeshError, MeshUnavailable, Refused, UsernameTaken
 from logonmesh.flask.link import DaemonLink
 from logonmesh.flask.mirror import SessionMirror
+from logonmesh.flask.peerwatch import PeerWatch
 from logonmesh.flask.tally import Tally
 from logonmesh.flask.throttle import Limits
 
@@ -67,6 +68,8 @@ class MeshState:
         self.limits = Limits(settings.throttle_user, settings.throttle_addr, settings.throttle_window_s)
         self.idle_s, self.absolute_s = settings.session_idle_s, settings.session_ttl_s
         self.logins = Tally()  # (outcome,): "success", "failure" or "throttled" (a 429)
+        self.peers = PeerWatch(lambda: DaemonClient(settings.ipc_path, cookie, name=f"web-{self.node}-peers",
+                                                    timeout_ms=DAEMON_TIMEOUT_MS), settings.heartbeat_ms / 1000)
 
     def start(self, on_give_up: Callable[[int], None] | None = None) -> None:
         """Follow the daemon's feed now, so the mirror is warm before the first request (the web server calls it).
@@ -76,8 +79,10 @@ class MeshState:
         if on_give_up is not None:
             self.mirror.on_give_up = on_give_up
         self.mirror.start()
+        self.peers.start()
 
     def close(self) -> None:
+        self.peers.close()
         self.mirror.close()
         self.link.close()
 

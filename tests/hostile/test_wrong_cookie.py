@@ -31,6 +31,8 @@ from logonmesh.discovery.sqlite import open_db
 from logonmesh.testing import LocalCluster, Proc, eventually
 from hostile_kit import Rogue, assert_no_crash, dealer, drops, stats, tally
 
+SESSION_META = {"node": "n1", "created_at": "t0", "last_seen": "t0", "device": ""}  # a session's shown fields
+
 WRONG_COOKIE = b"a cookie from some other cluster"
 
 
@@ -53,7 +55,7 @@ def forged_entries() -> list[list]:
     later = time.time_ns() // 1_000_000 << 16
     return [user_entry(intruder("intruder")),
             ["u", "victim", later, "node2", None, 0],
-            ["s", "forged-token" * 4, later, "node2", {"uid": "0" * 32, "user": "victim"},
+            ["s", "forged-token" * 4, later, "node2", {"uid": "0" * 32, "user": "victim", **SESSION_META},
              int(time.time() * 1000) + 3_600_000]]
 
 
