@@ -36,7 +36,7 @@ def _logins(env: dict, calls: int, web_logins: int) -> dict:
         ipc_us = []
         for _ in range(calls):
             t0 = time.perf_counter_ns()
-            n1.call("session_create", username=username)
+            n1.call("session_create", username=username, device="bench")
             ipc_us.append((time.perf_counter_ns() - t0) / 1000)
         web_ms = []
         for _ in range(web_logins):
