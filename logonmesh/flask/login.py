@@ -200,7 +200,7 @@ def _left_ms(expires_ms: float) -> int:
 
 
 def refresh_every(idle_s: int) -> int:
-    """How stale the idle stamp may get before the session is saved again: a tenth of the idle lifetime, ≤ 60 s."""
+    """How stale the idle stamp may get before its entry is written again: a tenth of the idle lifetime, ≤ 60 s."""
     return max(1, min(60, idle_s // 10))
 
 

@@ -60,6 +60,8 @@ class PeerWatch:
                 if self.known is not None:
                     self._send(up, self.known)
                 self.known = up
+        except Exception:  # a thread that dies is never silent
+            log.exception("the peer watch failed: peer_up and peer_down will not be sent again in this process")
         finally:
             if client is not None:
                 client.close()
