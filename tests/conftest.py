@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from logonmesh.pytest_plugin import attach_logs_on_failure
-from logonmesh.testing import LocalCluster
+from logonmesh.testing import LocalCluster, Node
 
 
 def _cluster(request: pytest.FixtureRequest, count: int, web: bool, prefix: str) -> Iterator[LocalCluster]:
@@ -41,3 +41,10 @@ def two_daemons(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 def three_daemons(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """n1, n2 and n3, daemons only: for repair between more than two."""
     yield from _cluster(request, 3, web=False, prefix="n")
+
+
+@pytest.fixture
+def nodes(local_cluster: LocalCluster) -> tuple[Node, Node]:
+    """The first two nodes of the module's ``local_cluster`` (a module shadows it with ``two_nodes``)."""
+    n1, n2 = local_cluster.nodes[:2]
+    return n1, n2

@@ -104,11 +104,6 @@ def local_cluster(two_nodes: LocalCluster) -> LocalCluster:
     return two_nodes
 
 
-@pytest.fixture
-def nodes(local_cluster: LocalCluster) -> tuple[Node, Node]:
-    n1, n2 = local_cluster.nodes
-    return n1, n2
-
 
 def browser(node: Node, agent: str) -> Browser:
     """A person's browser of its own (its own cookies), sending this User-Agent."""

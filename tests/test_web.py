@@ -33,11 +33,6 @@ def local_cluster(two_nodes: LocalCluster) -> LocalCluster:
     return two_nodes
 
 
-@pytest.fixture
-def nodes(local_cluster: LocalCluster) -> tuple[Node, Node]:
-    n1, n2 = local_cluster.nodes
-    return n1, n2
-
 
 def new_username(tag: str = "user") -> str:
     return f"{tag}-{uuid.uuid4().hex[:10]}"
